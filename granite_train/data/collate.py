@@ -1,0 +1,103 @@
+"""Collation of prepared examples into padded tensors."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from granite_train.audio.features import LogMelFeatures
+from granite_train.data.prepare import Example
+
+
+@dataclass
+class ExampleBatch:
+    """What a pipeline slot yields: examples plus the diagnostics gathered since the last batch."""
+
+    examples: list[Example]
+    skipped: dict[str, int] = field(default_factory=dict)
+    drawn: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class Batch:
+    """A padded batch. Features are ``None`` when they are computed on the training device.
+
+    Shapes: ``B`` utterances, ``T`` samples, ``F`` 50 Hz frames, ``U`` target labels.
+    """
+
+    ids: list[str]
+    sources: list[str]
+    languages: list[str | None]
+    texts: list[str | None]
+    waveforms: torch.Tensor  # (B, T) float32, zero padded
+    waveform_lengths: torch.Tensor  # (B,) int64
+    targets: torch.Tensor  # (B, U) int64, padded with the blank id 0 (never a real target)
+    target_lengths: torch.Tensor  # (B,) int64
+    features: torch.Tensor | None = None  # (B, F, 160) float32
+    feature_lengths: torch.Tensor | None = None  # (B,) int64
+    skipped: dict[str, int] = field(default_factory=dict)  # skips/fixes counted since the last batch
+    drawn: dict[str, int] = field(default_factory=dict)  # records drawn per source since the last batch
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def padding_ratio(self) -> float:
+        """Share of padded frames in the batch (a data diagnostic worth logging)."""
+        lengths = self.feature_lengths if self.feature_lengths is not None else self.waveform_lengths
+        total = lengths.max().item() * len(lengths)
+        return 1.0 - lengths.sum().item() / total if total else 0.0
+
+    def to(self, device: torch.device | str) -> Batch:
+        moved = {
+            k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
+            for k, v in self.__dict__.items()
+        }
+        return Batch(**moved)
+
+
+def pad_1d(seqs: Sequence[torch.Tensor], value: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad 1-D tensors to ``(B, max_len)``; returns the padded tensor and the lengths."""
+    lengths = torch.tensor([s.shape[-1] for s in seqs], dtype=torch.long)
+    padded = torch.nn.utils.rnn.pad_sequence(list(seqs), batch_first=True, padding_value=value)
+    return padded, lengths
+
+
+class Collator:
+    """Collates a list of :class:`Example` into a :class:`Batch`.
+
+    Args:
+        compute_features: Compute log-mel features here (in the loader worker). Set ``False`` to
+            ship padded waveforms and compute features batched on the training device.
+    """
+
+    def __init__(self, compute_features: bool = True):
+        self.compute_features = compute_features
+        self.features = LogMelFeatures() if compute_features else None
+
+    def __call__(self, examples: ExampleBatch | Sequence[Example]) -> Batch:
+        skipped, drawn = {}, {}
+        if isinstance(examples, ExampleBatch):
+            skipped, drawn, examples = examples.skipped, examples.drawn, examples.examples
+        if not examples:
+            raise ValueError("cannot collate an empty batch")
+        waves, wave_lengths = pad_1d([e.waveform for e in examples])
+        targets, target_lengths = pad_1d([torch.tensor(e.targets, dtype=torch.long) for e in examples], 0)
+        batch = Batch(
+            ids=[e.id for e in examples],
+            sources=[e.record["source"] for e in examples],
+            languages=[e.record.get("language") for e in examples],
+            texts=[e.record.get("text") for e in examples],
+            waveforms=waves,
+            waveform_lengths=wave_lengths,
+            targets=targets.long(),
+            target_lengths=target_lengths,
+            skipped=dict(skipped),
+            drawn=dict(drawn),
+        )
+        if self.features is not None:
+            with torch.no_grad():
+                batch.features, batch.feature_lengths = self.features(waves, wave_lengths)
+        return batch

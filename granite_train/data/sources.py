@@ -1,0 +1,236 @@
+"""Streamed speech sources: hub ids, local parquet, audiofolder and JSONL manifests.
+
+Every source is opened with ``datasets`` in streaming mode and normalised to *raw records*::
+
+    {"id": str, "audio": {"bytes": bytes | None, "path": str | None}, "text": str,
+     "language": str | None, "source": str}
+
+Audio is never decoded by ``datasets`` (``Audio(decode=False)``): decoding, resampling and
+validation happen in :mod:`granite_train.data.prepare`, where failures are counted instead of
+crashing a worker. A raw record is small and self-contained, which is what lets the pipeline put
+buffered records into its resumable state.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+from datasets.distributed import split_dataset_by_node
+
+log = logging.getLogger(__name__)
+
+SOURCE_KINDS = ("hub", "parquet", "audiofolder", "jsonl")
+
+
+@dataclass
+class SourceSpec:
+    """One corpus of a mixture.
+
+    Attributes:
+        name: Short unique name; used in sample ids, logs and skip counts.
+        path: Hub id (``kind=hub``), a parquet file / glob / directory, an audiofolder directory,
+            or a JSONL manifest file / glob.
+        kind: One of ``hub``, ``parquet``, ``audiofolder``, ``jsonl``; ``None`` guesses from ``path``.
+        split: Dataset split to stream.
+        config: Hub dataset config name (e.g. ``"en"`` for multilingual corpora).
+        weight: Multiplier on this source's sampling probability (see :mod:`.mixture`).
+        size: Relative size (hours or examples) used for alpha balancing; 1.0 when unknown.
+        audio_column: Column holding audio (``Audio`` struct, path string or bytes).
+        text_column: Column holding the transcript.
+        id_column: Column with a unique id; ``None`` uses the audio path or a running index.
+        language: Language code for every example, or ``None`` to read ``language_column``.
+        language_column: Column with per-example language codes.
+        revision: Hub revision to pin (reproducibility).
+    """
+
+    name: str
+    path: str
+    kind: str | None = None
+    split: str = "train"
+    config: str | None = None
+    weight: float = 1.0
+    size: float = 1.0
+    audio_column: str = "audio"
+    text_column: str = "text"
+    id_column: str | None = "id"
+    language: str | None = None
+    language_column: str | None = "language"
+    revision: str | None = None
+    data_files: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ValueError("SourceSpec.name must be a non-empty string")
+        if self.kind is None:
+            self.kind = guess_kind(self.path)
+        if self.kind not in SOURCE_KINDS:
+            raise ValueError(f"source {self.name!r}: kind must be one of {SOURCE_KINDS}, got {self.kind!r}")
+        if self.weight < 0 or self.size <= 0:
+            raise ValueError(f"source {self.name!r}: need weight >= 0 and size > 0")
+
+
+def guess_kind(path: str) -> str:
+    """Infer the source kind from a path: existing local paths by content, anything else is a hub id."""
+    p = Path(path)
+    if path.endswith((".jsonl", ".json")) or (p.is_file() and p.suffix in (".jsonl", ".json")):
+        return "jsonl"
+    if path.endswith(".parquet") or "*" in path:
+        return "parquet"
+    if p.is_dir():
+        has_metadata = any((p / m).exists() for m in ("metadata.csv", "metadata.jsonl"))
+        if any(p.rglob("*.parquet")) and not has_metadata:
+            return "parquet"
+        return "audiofolder"
+    return "hub"
+
+
+def _local_files(path: str, pattern: str) -> list[str]:
+    p = Path(path)
+    if p.is_dir():
+        files = sorted(str(f) for f in p.rglob(pattern))
+    else:
+        import glob
+
+        files = sorted(glob.glob(path))
+    if not files:
+        raise FileNotFoundError(f"no {pattern} files found at {path!r}")
+    return files
+
+
+def open_stream(spec: SourceSpec) -> datasets.IterableDataset:
+    """Open ``spec`` as a streamed ``datasets.IterableDataset`` with undecoded audio."""
+    if spec.kind == "hub":
+        ds = datasets.load_dataset(
+            spec.path, spec.config, split=spec.split, streaming=True, revision=spec.revision
+        )
+    elif spec.kind == "parquet":
+        files = spec.data_files or _local_files(spec.path, "*.parquet")
+        ds = datasets.load_dataset("parquet", data_files={spec.split: files}, split=spec.split, streaming=True)
+    elif spec.kind == "audiofolder":
+        if not Path(spec.path).is_dir():
+            raise FileNotFoundError(f"source {spec.name!r}: audiofolder directory {spec.path!r} not found")
+        ds = datasets.load_dataset("audiofolder", data_dir=spec.path, split=spec.split, streaming=True)
+    else:  # jsonl manifest (NeMo style: audio_filepath, text, duration, ...)
+        files = spec.data_files or _local_files(spec.path, "*.jsonl")
+        ds = datasets.load_dataset("json", data_files={spec.split: files}, split=spec.split, streaming=True)
+    features = ds.features or {}
+    if isinstance(features.get(spec.audio_column), datasets.Audio):
+        ds = ds.cast_column(spec.audio_column, datasets.Audio(decode=False))
+    return ds
+
+
+def shard_stream(ds: datasets.IterableDataset, shard_index: int, num_shards: int) -> datasets.IterableDataset:
+    """Give each (rank, worker) its own disjoint part of a stream.
+
+    With at least ``num_shards`` files each reader gets whole files; otherwise ``datasets`` falls
+    back to every ``num_shards``-th example, which is still disjoint but reads every file.
+    """
+    if num_shards <= 1:
+        return ds
+    if ds.num_shards < num_shards:
+        log.debug("stream has %d file shards for %d readers: example-level split", ds.num_shards, num_shards)
+    return split_dataset_by_node(ds, rank=shard_index, world_size=num_shards)
+
+
+def _manifest_base(spec: SourceSpec) -> Path | None:
+    if spec.kind != "jsonl":
+        return None
+    p = Path(spec.data_files[0] if spec.data_files else spec.path)
+    return p.parent if not p.is_dir() else p
+
+
+def normalize_record(spec: SourceSpec, row: dict[str, Any], index: int) -> dict[str, Any]:
+    """Map a source row to a raw record (see module docstring). Never decodes audio."""
+    audio = row.get(spec.audio_column)
+    if audio is None and spec.kind == "jsonl":
+        audio = row.get("audio_filepath")
+    if isinstance(audio, dict):
+        raw = {"bytes": audio.get("bytes"), "path": audio.get("path")}
+    elif isinstance(audio, (bytes, bytearray)):
+        raw = {"bytes": bytes(audio), "path": None}
+    elif isinstance(audio, (str, os.PathLike)):
+        raw = {"bytes": None, "path": str(audio)}
+    else:
+        raw = {"bytes": None, "path": None}
+    base = _manifest_base(spec)
+    if raw["bytes"] is None and raw["path"] and base is not None and not os.path.isabs(raw["path"]):
+        raw["path"] = str(base / raw["path"])
+
+    sample_id = row.get(spec.id_column) if spec.id_column else None
+    if sample_id is None:
+        # Fall back to a running index: stable for a fixed (world size, workers) layout.
+        sample_id = f"{index:09d}"
+    text = row.get(spec.text_column)
+    language = spec.language
+    if language is None and spec.language_column:
+        language = row.get(spec.language_column)
+    return {
+        "id": f"{spec.name}/{sample_id}",
+        "audio": raw,
+        "text": text if isinstance(text, str) else None,
+        "language": language,
+        "source": spec.name,
+    }
+
+
+class SourceReader:
+    """A resumable reader over one source's share of the stream (one rank x worker slot).
+
+    ``state_dict()`` captures the ``datasets`` stream position plus our pass counter, so a restored
+    reader yields exactly the records an uninterrupted one would have yielded next.
+    """
+
+    def __init__(self, spec: SourceSpec, shard_index: int = 0, num_shards: int = 1, seed: int = 0):
+        self.spec = spec
+        self.shard_index = shard_index
+        self.num_shards = num_shards
+        self.seed = seed
+        self.passes = 0  # completed passes over this source
+        self.count = 0  # records read in the current pass
+        self._stream: datasets.IterableDataset | None = None
+        self._iter: Iterator[dict[str, list]] | None = None
+        self._resume_state: dict | None = None
+
+    def _open(self) -> None:
+        self._stream = shard_stream(open_stream(self.spec), self.shard_index, self.num_shards)
+        self._stream.set_epoch(self.seed + self.passes)
+        if self._resume_state is not None:
+            self._stream.load_state_dict(self._resume_state)
+            self._resume_state = None
+        # ``.iter`` (unlike ``__iter__``) does not re-split the stream by DataLoader worker: our
+        # (rank, worker) split above is the only one.
+        self._iter = self._stream.iter(batch_size=1)
+
+    def next_record(self) -> dict[str, Any] | None:
+        """The next raw record, or ``None`` at the end of the current pass."""
+        if self._iter is None:
+            self._open()
+        try:
+            batch = next(self._iter)
+        except StopIteration:
+            self._iter = None
+            self._stream = None
+            self.passes += 1
+            self.count = 0
+            return None
+        row = {k: v[0] for k, v in batch.items()}
+        record = normalize_record(self.spec, row, self.count * self.num_shards + self.shard_index)
+        self.count += 1
+        return record
+
+    def state_dict(self) -> dict[str, Any]:
+        stream_state = self._stream.state_dict() if self._stream is not None else self._resume_state
+        return {"passes": self.passes, "count": self.count, "stream": stream_state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.passes = state["passes"]
+        self.count = state["count"]
+        self._resume_state = state["stream"]
+        self._stream = None
+        self._iter = None

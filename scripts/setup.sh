@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Idempotent set-up: system packages (espeak-ng), a virtualenv, granite-train with pinned deps.
+# Re-running is cheap: pip runs again only when pyproject.toml or constraints.txt changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${GT_VENV:-.venv}
+
+missing=()
+command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
+if ((${#missing[@]})); then
+  echo "[setup] installing system packages: ${missing[*]}"
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+[ -x "$VENV/bin/python" ] || { echo "[setup] creating $VENV"; python3 -m venv "$VENV"; }
+stamp="$VENV/.granite-train-installed"
+want=$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "[setup] installing granite-train and pinned dependencies into $VENV (torch pinned in constraints.txt)"
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[dev]" 2>&1 \
+    | { grep -v "^WARNING: Location" || true; }
+  echo "$want" > "$stamp"
+fi
