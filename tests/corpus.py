@@ -12,7 +12,12 @@ import soundfile as sf
 from datasets import Audio, Features, Value
 
 FEATURES = Features(
-    {"id": Value("string"), "audio": Audio(sampling_rate=16000), "text": Value("string"), "language": Value("string")}
+    {
+        "id": Value("string"),
+        "audio": Audio(sampling_rate=16000),
+        "text": Value("string"),
+        "language": Value("string"),
+    }
 )
 
 

@@ -64,9 +64,12 @@ def test_mixture_draws_follow_probabilities(two_corpora):
     root, _, _ = two_corpora
     # sizes 3:1, alpha 1 -> 75% / 25%; infinite mode so neither source runs dry.
     cfg = pipeline_config(
-        root, infinite=True, shuffle_buffer=0, alpha=1.0, sources=[
-            SourceSpec("a", str(root / "a"), size=3.0), SourceSpec("b", str(root / "b"), size=1.0)
-        ], prepare=PrepareConfig(min_duration=0.1),
+        root,
+        infinite=True,
+        shuffle_buffer=0,
+        alpha=1.0,
+        sources=[SourceSpec("a", str(root / "a"), size=3.0), SourceSpec("b", str(root / "b"), size=1.0)],
+        prepare=PrepareConfig(min_duration=0.1),
     )
     drawn = Counter()
     for i, batch in enumerate(build_dataloader(SpeechDataPipeline(cfg, rank=0, world_size=1))):
@@ -111,7 +114,9 @@ def test_ranks_and_workers_see_disjoint_samples_covering_the_corpus(two_corpora,
     root, ids_a, ids_b = two_corpora
     seen = []
     for rank in range(2):
-        batches, _ = run_loader(SpeechDataPipeline(pipeline_config(root), rank=rank, world_size=2), num_workers)
+        batches, _ = run_loader(
+            SpeechDataPipeline(pipeline_config(root), rank=rank, world_size=2), num_workers
+        )
         seen += [i for b in batches for i in b]
     assert len(seen) == len(set(seen)), "a sample was served twice"
     assert sorted(seen) == sorted(f"a/{i}" for i in ids_a) + sorted(f"b/{i}" for i in ids_b)
@@ -164,7 +169,9 @@ def test_resume_in_infinite_mode_across_source_passes(two_corpora):
     root, _, _ = two_corpora
 
     def pipeline():
-        return SpeechDataPipeline(pipeline_config(root, infinite=True, shuffle_buffer=4), rank=0, world_size=1)
+        return SpeechDataPipeline(
+            pipeline_config(root, infinite=True, shuffle_buffer=4), rank=0, world_size=1
+        )
 
     def take(loader, n):
         out = []
@@ -188,8 +195,12 @@ def test_resume_in_infinite_mode_across_source_passes(two_corpora):
 
 def test_every_kind_of_bad_input_is_skipped_and_counted(tmp_path):
     good = [
-        {"id": f"good{i}", "audio": {"bytes": audio_bytes(speechlike(1.0, seed=i)), "path": None},
-         "text": "hello world", "language": "en"}
+        {
+            "id": f"good{i}",
+            "audio": {"bytes": audio_bytes(speechlike(1.0, seed=i)), "path": None},
+            "text": "hello world",
+            "language": "en",
+        }
         for i in range(3)
     ]
     wav8k = audio_bytes(speechlike(1.0, sr=8000, seed=5), sr=8000)
@@ -244,11 +255,23 @@ def test_every_kind_of_bad_input_is_skipped_and_counted(tmp_path):
 
 def test_reject_policy_skips_utterances_with_oov_text(tmp_path):
     rows = [
-        {"id": "ok", "audio": {"bytes": audio_bytes(speechlike(1.0)), "path": None}, "text": "fine", "language": "en"},
-        {"id": "mixed", "audio": {"bytes": audio_bytes(speechlike(1.0)), "path": None}, "text": "fine 中", "language": "en"},
+        {
+            "id": "ok",
+            "audio": {"bytes": audio_bytes(speechlike(1.0)), "path": None},
+            "text": "fine",
+            "language": "en",
+        },
+        {
+            "id": "mixed",
+            "audio": {"bytes": audio_bytes(speechlike(1.0)), "path": None},
+            "text": "fine 中",
+            "language": "en",
+        },
     ]
     write_parquet(tmp_path / "c" / "s.parquet", rows)
-    cfg = PipelineConfig(sources=[SourceSpec("c", str(tmp_path / "c"))], shuffle_buffer=0, oov_policy="reject")
+    cfg = PipelineConfig(
+        sources=[SourceSpec("c", str(tmp_path / "c"))], shuffle_buffer=0, oov_policy="reject"
+    )
     batches = list(build_dataloader(SpeechDataPipeline(cfg, rank=0, world_size=1)))
     assert [i for b in batches for i in b.ids] == ["c/ok"]
     assert sum((Counter(b.skipped) for b in batches), Counter())[SkipReason.OOV_TEXT.value] == 1

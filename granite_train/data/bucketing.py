@@ -62,30 +62,41 @@ class DurationBucketer(Generic[T]):
         self.max_frames = max_frames
         self.max_batch_size = max_batch_size
         self.buckets: list[list[T]] = [[] for _ in self.bounds]
+        self._longest = [0] * len(self.bounds)  # longest item per bucket, kept to make add() O(1)
 
     def bucket_index(self, frames: int) -> int:
         return min(bisect.bisect_left(self.bounds, frames), len(self.bounds) - 1)
 
     def add(self, item: T) -> list[T] | None:
         """Add ``item``; returns a full batch when its bucket could not take it under the budget."""
-        bucket = self.buckets[self.bucket_index(item.num_frames)]
+        k = self.bucket_index(item.num_frames)
+        bucket, frames = self.buckets[k], item.num_frames
         out = None
         if bucket:
-            longest = max(item.num_frames, max(x.num_frames for x in bucket))
-            over_budget = (len(bucket) + 1) * longest > self.max_frames
+            over_budget = (len(bucket) + 1) * max(frames, self._longest[k]) > self.max_frames
             over_size = self.max_batch_size is not None and len(bucket) >= self.max_batch_size
             if over_budget or over_size:
                 out = bucket.copy()
                 bucket.clear()
+                self._longest[k] = 0
         bucket.append(item)
+        self._longest[k] = max(self._longest[k], frames)
         return out
+
+    def set_buckets(self, buckets: list[list[T]]) -> None:
+        """Restore bucket contents (resume)."""
+        if len(buckets) != len(self.bounds):
+            raise ValueError(f"expected {len(self.bounds)} buckets, got {len(buckets)}")
+        self.buckets = buckets
+        self._longest = [max((x.num_frames for x in b), default=0) for b in buckets]
 
     def flush(self) -> Iterator[list[T]]:
         """Emit every non-empty bucket (end of stream), shortest bucket first."""
-        for bucket in self.buckets:
+        for k, bucket in enumerate(self.buckets):
             if bucket:
                 out = bucket.copy()
                 bucket.clear()
+                self._longest[k] = 0
                 yield out
 
     def __len__(self) -> int:

@@ -76,7 +76,9 @@ class PrepareConfig:
 
     def __post_init__(self) -> None:
         if not 0 < self.min_duration < self.max_duration:
-            raise ValueError(f"need 0 < min_duration < max_duration, got {self.min_duration}, {self.max_duration}")
+            raise ValueError(
+                f"need 0 < min_duration < max_duration, got {self.min_duration}, {self.max_duration}"
+            )
 
 
 @dataclass

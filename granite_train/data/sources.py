@@ -103,6 +103,17 @@ def _local_files(path: str, pattern: str) -> list[str]:
     return files
 
 
+def _split_files(path: str, split: str) -> list[str]:
+    """Parquet files of ``split`` under ``path``, by the Hub's naming conventions
+    (``<split>-*.parquet``, ``<split>/*.parquet``, ``<split>.parquet``); all files if none match."""
+    files = _local_files(path, "*.parquet")
+    if not Path(path).is_dir():
+        return files
+    named = [f for f in files if Path(f).name.startswith(f"{split}-") or Path(f).stem == split]
+    in_dir = [f for f in files if Path(f).parent.name == split]
+    return named or in_dir or files
+
+
 def open_stream(spec: SourceSpec) -> datasets.IterableDataset:
     """Open ``spec`` as a streamed ``datasets.IterableDataset`` with undecoded audio."""
     if spec.kind == "hub":
@@ -110,8 +121,10 @@ def open_stream(spec: SourceSpec) -> datasets.IterableDataset:
             spec.path, spec.config, split=spec.split, streaming=True, revision=spec.revision
         )
     elif spec.kind == "parquet":
-        files = spec.data_files or _local_files(spec.path, "*.parquet")
-        ds = datasets.load_dataset("parquet", data_files={spec.split: files}, split=spec.split, streaming=True)
+        files = spec.data_files or _split_files(spec.path, spec.split)
+        ds = datasets.load_dataset(
+            "parquet", data_files={spec.split: files}, split=spec.split, streaming=True
+        )
     elif spec.kind == "audiofolder":
         if not Path(spec.path).is_dir():
             raise FileNotFoundError(f"source {spec.name!r}: audiofolder directory {spec.path!r} not found")

@@ -1,0 +1,113 @@
+"""Decode and encode audio with soundfile (libsndfile: WAV, FLAC, OGG/Vorbis/Opus, MP3, ...)."""
+
+from __future__ import annotations
+
+import io
+import os
+from typing import BinaryIO, TypeVar
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from granite_train.audio.resample import resample
+
+__all__ = [
+    "AudioDecodeError",
+    "AudioFileNotFoundError",
+    "AudioSource",
+    "decode_audio",
+    "encode_flac",
+    "load_audio",
+    "to_mono",
+]
+
+AudioSource = bytes | bytearray | memoryview | str | os.PathLike | BinaryIO
+"""Encoded audio: raw file bytes, a path, or a readable binary file object (e.g. ``io.BytesIO``)."""
+
+_Array = TypeVar("_Array", np.ndarray, torch.Tensor)
+
+
+class AudioDecodeError(ValueError):
+    """The audio could not be decoded (corrupt, truncated, unsupported format, unreadable file)."""
+
+
+class AudioFileNotFoundError(AudioDecodeError, FileNotFoundError):
+    """The audio path does not exist; also a ``FileNotFoundError`` so generic handlers still catch it."""
+
+
+def _describe(source: AudioSource) -> str:
+    if isinstance(source, bytes | bytearray | memoryview):
+        return f"<{len(source)} bytes>"
+    if isinstance(source, str | os.PathLike):
+        return repr(os.fspath(source))
+    return repr(source)
+
+
+def decode_audio(source: AudioSource) -> tuple[np.ndarray, int]:
+    """Decode an audio file or in-memory bytes.
+
+    Args:
+        source: raw encoded bytes, a filesystem path, or a readable binary file object.
+
+    Returns:
+        ``(wave, sample_rate)`` with ``wave`` float32 shaped ``(channels, samples)`` in [-1, 1].
+
+    Raises:
+        AudioFileNotFoundError: ``source`` is a path that does not exist.
+        AudioDecodeError: libsndfile could not read the data.
+    """
+    if isinstance(source, str | os.PathLike):
+        path = os.fspath(source)
+        # libsndfile reports a missing file only as "System error"; say what happened instead.
+        if not os.path.exists(path):
+            raise AudioFileNotFoundError(f"audio file not found: {path!r}")
+        file: str | BinaryIO = path
+    elif isinstance(source, bytes | bytearray | memoryview):
+        file = io.BytesIO(source)
+    else:
+        file = source
+    try:
+        # always_2d: (samples, channels) even for mono, so the layout below never branches.
+        data, sample_rate = sf.read(file, dtype="float32", always_2d=True)
+    except (sf.SoundFileError, RuntimeError, TypeError) as err:
+        raise AudioDecodeError(f"cannot decode audio from {_describe(source)}: {err}") from err
+    return np.ascontiguousarray(data.T), int(sample_rate)  # (N, C) -> (C, N)
+
+
+def to_mono(wave: _Array) -> _Array:
+    """Average channels: ``(C, N) -> (N,)``; a 1-D ``(N,)`` input is returned unchanged."""
+    if wave.ndim == 1:
+        return wave
+    if wave.ndim != 2:
+        raise ValueError(f"expected (samples,) or (channels, samples), got shape {tuple(wave.shape)}")
+    if isinstance(wave, np.ndarray):
+        return wave.mean(axis=0, dtype=wave.dtype) if wave.shape[0] > 1 else wave[0]
+    return wave.mean(dim=0) if wave.shape[0] > 1 else wave[0]
+
+
+def load_audio(source: AudioSource, target_sr: int | None = 16000) -> torch.Tensor:
+    """Decode, downmix and resample: ``source -> (N,)`` float32 at ``target_sr`` (native rate if None)."""
+    wave, sample_rate = decode_audio(source)
+    mono = torch.from_numpy(to_mono(wave))  # (C, N) -> (N,)
+    if target_sr is None:
+        return mono
+    return resample(mono, sample_rate, target_sr)
+
+
+def encode_flac(wave: torch.Tensor | np.ndarray, sample_rate: int) -> bytes:
+    """Encode a mono waveform in [-1, 1] as 16-bit FLAC bytes.
+
+    Samples outside [-1, 1] are clipped: libsndfile's float -> int16 conversion does not clip by
+    default, so an overshoot would otherwise wrap around into a loud click.
+    """
+    if isinstance(wave, torch.Tensor):
+        wave = wave.detach().to(device="cpu", dtype=torch.float32).numpy()
+    wave = np.asarray(wave, dtype=np.float32)
+    if wave.ndim != 1:
+        raise ValueError(f"encode_flac expects a 1-D mono waveform, got shape {wave.shape}")
+    if not np.isfinite(wave).all():
+        raise ValueError("encode_flac got NaN or infinite samples")
+    buffer = io.BytesIO()
+    sf.write(buffer, np.clip(wave, -1.0, 1.0), sample_rate, format="FLAC", subtype="PCM_16")
+    return buffer.getvalue()
