@@ -16,7 +16,12 @@ from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger("granite_train")
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = REPO_ROOT / "configs"
+
+# `${repo_root:}` in configs: where the checkout lives (data_prep/texts, default work dir).
+if not OmegaConf.has_resolver("repo_root"):
+    OmegaConf.register_new_resolver("repo_root", lambda: str(REPO_ROOT))
 
 
 def _container(cfg: DictConfig) -> dict:
