@@ -114,6 +114,15 @@ def _split_files(path: str, split: str) -> list[str]:
     return named or in_dir or files
 
 
+def audiofolder_metadata(path: str, split: str) -> Path | None:
+    """The ``metadata.csv`` / ``metadata.jsonl`` of an audiofolder split (``<path>/<split>/`` first)."""
+    for folder in (Path(path) / split, Path(path)):
+        for name in ("metadata.csv", "metadata.jsonl"):
+            if (folder / name).is_file():
+                return folder / name
+    return None
+
+
 def open_stream(spec: SourceSpec) -> datasets.IterableDataset:
     """Open ``spec`` as a streamed ``datasets.IterableDataset`` with undecoded audio."""
     if spec.kind == "hub":
@@ -128,7 +137,16 @@ def open_stream(spec: SourceSpec) -> datasets.IterableDataset:
     elif spec.kind == "audiofolder":
         if not Path(spec.path).is_dir():
             raise FileNotFoundError(f"source {spec.name!r}: audiofolder directory {spec.path!r} not found")
-        ds = datasets.load_dataset("audiofolder", data_dir=spec.path, split=spec.split, streaming=True)
+        metadata = audiofolder_metadata(spec.path, spec.split)
+        if metadata is not None:
+            # Stream the metadata file alone: the audiofolder builder lists every audio file first,
+            # which takes seconds on large folders. Paths resolve against the metadata's folder.
+            builder = "csv" if metadata.suffix == ".csv" else "json"
+            ds = datasets.load_dataset(
+                builder, data_files={spec.split: [str(metadata)]}, split=spec.split, streaming=True
+            )
+        else:
+            ds = datasets.load_dataset("audiofolder", data_dir=spec.path, split=spec.split, streaming=True)
     else:  # jsonl manifest (NeMo style: audio_filepath, text, duration, ...)
         files = spec.data_files or _local_files(spec.path, "*.jsonl")
         ds = datasets.load_dataset("json", data_files={spec.split: files}, split=spec.split, streaming=True)
@@ -151,18 +169,24 @@ def shard_stream(ds: datasets.IterableDataset, shard_index: int, num_shards: int
     return split_dataset_by_node(ds, rank=shard_index, world_size=num_shards)
 
 
-def _manifest_base(spec: SourceSpec) -> Path | None:
+def _relative_base(spec: SourceSpec) -> Path | None:
+    """The folder relative audio paths resolve against (manifests and audiofolder metadata)."""
+    if spec.kind == "audiofolder":
+        metadata = audiofolder_metadata(spec.path, spec.split)
+        return metadata.parent if metadata is not None else None
     if spec.kind != "jsonl":
         return None
     p = Path(spec.data_files[0] if spec.data_files else spec.path)
     return p.parent if not p.is_dir() else p
 
 
-def normalize_record(spec: SourceSpec, row: dict[str, Any], index: int) -> dict[str, Any]:
+def normalize_record(
+    spec: SourceSpec, row: dict[str, Any], index: int, base_dir: Path | None = None
+) -> dict[str, Any]:
     """Map a source row to a raw record (see module docstring). Never decodes audio."""
     audio = row.get(spec.audio_column)
-    if audio is None and spec.kind == "jsonl":
-        audio = row.get("audio_filepath")
+    if audio is None:  # conventional path columns: NeMo manifests, audiofolder metadata
+        audio = row.get("audio_filepath", row.get("file_name"))
     if isinstance(audio, dict):
         raw = {"bytes": audio.get("bytes"), "path": audio.get("path")}
     elif isinstance(audio, (bytes, bytearray)):
@@ -171,7 +195,7 @@ def normalize_record(spec: SourceSpec, row: dict[str, Any], index: int) -> dict[
         raw = {"bytes": None, "path": str(audio)}
     else:
         raw = {"bytes": None, "path": None}
-    base = _manifest_base(spec)
+    base = base_dir if base_dir is not None else _relative_base(spec)
     if raw["bytes"] is None and raw["path"] and base is not None and not os.path.isabs(raw["path"]):
         raw["path"] = str(base / raw["path"])
 
@@ -209,6 +233,7 @@ class SourceReader:
         self._stream: datasets.IterableDataset | None = None
         self._iter: Iterator[dict[str, list]] | None = None
         self._resume_state: dict | None = None
+        self._base_dir = _relative_base(spec)
 
     def _open(self) -> None:
         self._stream = shard_stream(open_stream(self.spec), self.shard_index, self.num_shards)
@@ -233,7 +258,9 @@ class SourceReader:
             self.count = 0
             return None
         row = {k: v[0] for k, v in batch.items()}
-        record = normalize_record(self.spec, row, self.count * self.num_shards + self.shard_index)
+        record = normalize_record(
+            self.spec, row, self.count * self.num_shards + self.shard_index, self._base_dir
+        )
         self.count += 1
         return record
 
