@@ -306,3 +306,42 @@ def test_audiofolder_source_reads_real_8khz_speech(fsdd_dir):
     assert batch.texts[0] in {"zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"}
     assert batch.skipped.get(SkipReason.FIXED_SAMPLE_RATE.value, 0) >= len(batch)
     assert batch.features.shape[-1] == 160
+
+
+# -- augmentation ------------------------------------------------------------------------------
+
+
+def test_speed_perturbation_is_per_utterance_seeded_and_survives_resume(two_corpora):
+    root, _, _ = two_corpora
+    prepare = PrepareConfig(speed_factors=[0.9, 1.1])
+
+    def pipeline(speed=True):
+        cfg = pipeline_config(root, prepare=prepare if speed else PrepareConfig())
+        return SpeechDataPipeline(cfg, rank=0, world_size=1)
+
+    def lengths(loader):
+        return {i: n for b in loader for i, n in zip(b.ids, b.waveform_lengths.tolist())}
+
+    plain, fast = lengths(build_dataloader(pipeline(False))), lengths(build_dataloader(pipeline()))
+    assert plain.keys() == fast.keys()
+    ratios = {round(plain[i] / fast[i], 2) for i in plain}
+    assert ratios == {0.9, 1.1}, ratios  # both factors drawn, every utterance perturbed
+    full, _ = run_loader(pipeline())
+    head, state = run_loader(pipeline(), stop_after=4)
+    tail, _ = run_loader(pipeline(), state=state)
+    assert head + tail == full
+
+
+def test_collator_augmentation_is_deterministic_per_batch(two_corpora):
+    from granite_train.audio.augment import AdditiveNoise, SpecAugment
+    from granite_train.data.collate import Collator
+
+    root, _, _ = two_corpora
+    cfg = pipeline_config(root, shuffle_buffer=0)
+    examples = next(iter(SpeechDataPipeline(cfg, rank=0, world_size=1))).examples
+    augment = dict(noise=AdditiveNoise(p=1.0), spec_augment=SpecAugment(p=1.0), seed=3)
+    a, b = Collator(**augment)(examples), Collator(**augment)(examples)
+    clean = Collator()(examples)
+    torch.testing.assert_close(a.features, b.features, rtol=0, atol=0)
+    assert not torch.equal(a.features, clean.features)
+    assert not torch.equal(Collator(**{**augment, "seed": 4})(examples).features, a.features)

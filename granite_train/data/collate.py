@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 
+from granite_train.audio.augment import AdditiveNoise, SpecAugment
 from granite_train.audio.features import LogMelFeatures
 from granite_train.data.prepare import Example
 
@@ -71,11 +73,29 @@ class Collator:
     Args:
         compute_features: Compute log-mel features here (in the loader worker). Set ``False`` to
             ship padded waveforms and compute features batched on the training device.
+        noise: Additive noise applied to the padded waveforms (training only).
+        spec_augment: SpecAugment applied to the features (training only; needs features here).
+        seed: Base seed of the augmentations. Each batch's generator is seeded from this and the
+            batch's sample ids, so a resumed run augments exactly as an uninterrupted one.
     """
 
-    def __init__(self, compute_features: bool = True):
+    def __init__(
+        self,
+        compute_features: bool = True,
+        noise: AdditiveNoise | None = None,
+        spec_augment: SpecAugment | None = None,
+        seed: int = 0,
+    ):
+        if spec_augment is not None and not compute_features:
+            raise ValueError("spec_augment needs compute_features=True (apply it on the device otherwise)")
         self.compute_features = compute_features
         self.features = LogMelFeatures() if compute_features else None
+        self.noise = noise
+        self.spec_augment = spec_augment
+        self.seed = seed
+
+    def _generator(self, ids: list[str]) -> torch.Generator:
+        return torch.Generator().manual_seed(zlib.crc32("\n".join([str(self.seed), *ids]).encode()))
 
     def __call__(self, examples: ExampleBatch | Sequence[Example]) -> Batch:
         skipped, drawn = {}, {}
@@ -97,7 +117,12 @@ class Collator:
             skipped=dict(skipped),
             drawn=dict(drawn),
         )
+        generator = self._generator(batch.ids) if (self.noise or self.spec_augment) else None
+        if self.noise is not None:
+            batch.waveforms = self.noise(waves, wave_lengths, generator=generator)
         if self.features is not None:
             with torch.no_grad():
-                batch.features, batch.feature_lengths = self.features(waves, wave_lengths)
+                batch.features, batch.feature_lengths = self.features(batch.waveforms, wave_lengths)
+            if self.spec_augment is not None:
+                batch.features = self.spec_augment(batch.features, batch.feature_lengths, generator=generator)
         return batch

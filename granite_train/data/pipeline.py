@@ -121,7 +121,7 @@ class _SlotState:
             [s.weight for s in cfg.sources], [s.size for s in cfg.sources], cfg.alpha
         )
         self.mixture = MixtureSampler(readers, probs, infinite=cfg.infinite)
-        self.preparer = ExamplePreparer(cfg.prepare, targets)
+        self.preparer = ExamplePreparer(cfg.prepare, targets, seed=cfg.seed * 1_000_003 + epoch)
         self.buffer: list[Example] = []
         self.bucketer: DurationBucketer[Example] | None = None
         if cfg.bucket_bounds is not None:

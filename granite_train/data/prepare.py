@@ -7,6 +7,7 @@ Bad input must never crash a run or reach the loss: every way a record can be un
 from __future__ import annotations
 
 import math
+import zlib
 from collections import Counter
 from dataclasses import dataclass
 from enum import Enum
@@ -15,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from granite_train.audio.augment import SpeedPerturb
 from granite_train.audio.features import LogMelFeatures
 from granite_train.audio.io import AudioDecodeError, AudioFileNotFoundError, decode_audio, to_mono
 from granite_train.audio.resample import resample
@@ -65,6 +67,9 @@ class PrepareConfig:
         silence_db: Audio whose RMS is below this level (dBFS) is skipped as silence.
         require_text: Skip records without a transcript (ASR training needs one).
         check_ctc_length: Skip utterances with fewer encoder frames than CTC needs for their targets.
+        speed_factors: Speed perturbation factors drawn per utterance (e.g. ``[0.9, 1.0, 1.1]``);
+            ``None`` disables it. Applied before the duration checks, so bucketing and the CTC
+            length check see the perturbed audio.
     """
 
     sample_rate: int = 16000
@@ -73,6 +78,7 @@ class PrepareConfig:
     silence_db: float = -60.0
     require_text: bool = True
     check_ctc_length: bool = True
+    speed_factors: list[float] | None = None
 
     def __post_init__(self) -> None:
         if not 0 < self.min_duration < self.max_duration:
@@ -117,10 +123,17 @@ def ctc_min_frames(targets: list[int]) -> int:
 class ExamplePreparer:
     """Decode, repair and validate raw records. Counts every skip and fix in ``counts``."""
 
-    def __init__(self, config: PrepareConfig, targets: CTCTargetBuilder):
+    def __init__(self, config: PrepareConfig, targets: CTCTargetBuilder, seed: int = 0):
         self.config = config
         self.targets = targets
+        self.seed = seed
         self.counts: Counter[str] = Counter()
+        self.speed = SpeedPerturb(config.speed_factors, config.sample_rate) if config.speed_factors else None
+
+    def _speed_factor(self, sample_id: str) -> float:
+        # Seeded by the sample id, not by stream position: a resumed run perturbs identically.
+        generator = torch.Generator().manual_seed(zlib.crc32(f"{self.seed}:{sample_id}".encode()))
+        return self.speed.sample_factor(generator)
 
     def __call__(self, record: dict[str, Any]) -> Example | None:
         """The prepared example, or ``None`` after counting why it was skipped."""
@@ -157,6 +170,10 @@ class ExamplePreparer:
         if sr != cfg.sample_rate:
             self.counts[SkipReason.FIXED_SAMPLE_RATE.value] += 1
             wave = resample(wave, sr, cfg.sample_rate)
+        if self.speed is not None:
+            factor = self._speed_factor(str(record.get("id")))
+            if factor != 1.0:
+                wave = self.speed.perturb(wave, factor)
 
         duration = wave.shape[-1] / cfg.sample_rate
         if duration < cfg.min_duration:
