@@ -18,7 +18,7 @@ DATA_CONFIGS = sorted(p.stem for p in (CONFIG_DIR / "data").glob("*.yaml"))
 
 def compose_command(config_name: str, overrides: list[str]):
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
+        return compose(config_name=config_name, overrides=overrides)
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
