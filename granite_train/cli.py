@@ -18,6 +18,7 @@ log = logging.getLogger("granite_train")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO_ROOT / "configs"
+RECIPE_DIR = REPO_ROOT / "recipes"
 
 # `${repo_root:}` in configs: where the checkout lives (data_prep/texts, default work dir).
 if not OmegaConf.has_resolver("repo_root"):
@@ -45,9 +46,55 @@ def demo(cfg: DictConfig) -> None:
     print(report.format())
 
 
+def train(cfg: DictConfig) -> None:
+    """Train a recipe: granite-train train recipe=<name or path.yaml> [key=value ...]."""
+    from granite_train.training.run import train as run_training
+
+    result = run_training(_container(cfg))
+    print(f"done: {result.global_step} steps; outputs in {result.output_dir}")
+    for key in sorted(result.metrics):
+        if key.startswith("val/"):
+            print(f"  {key} = {result.metrics[key]:.4f}")
+
+
+def evaluate(cfg: DictConfig) -> None:
+    """Decode test sets with greedy CTC; report WER, CER and RTFx (JSON + markdown)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from granite_train.eval.run import run_eval
+
+    output_dir = cfg.output_dir or HydraConfig.get().runtime.output_dir
+    _, table = run_eval(
+        cfg.model_path,
+        _container(cfg.datasets),
+        output_dir,
+        device=cfg.device,
+        dtype=cfg.dtype,
+        attn_impl=cfg.attn_impl,
+        max_frames=cfg.max_frames,
+        max_duration=cfg.max_duration,
+        normalizer=cfg.normalizer,
+        num_workers=cfg.num_workers,
+        write_hypotheses=cfg.hypotheses,
+    )
+    print(table, end="")
+    print(f"results in {output_dir}")
+
+
+def export(cfg: DictConfig) -> None:
+    """Export a checkpoint's encoder as a transformers GraniteSpeechCTCEncoder folder."""
+    from granite_train.models.export import export_checkpoint
+
+    out = export_checkpoint(cfg.checkpoint, cfg.output_dir)
+    print(f"exported encoder to {out}")
+
+
 COMMANDS: dict[str, tuple[str, Callable[[DictConfig], None]]] = {
     "demo": ("demo", demo),
     "data-report": ("data_report", data_report),
+    "eval": ("eval", evaluate),
+    "export": ("export", export),
+    "train": ("", train),  # the config is the recipe named on the command line
 }
 
 
@@ -70,10 +117,63 @@ def main(argv: list[str] | None = None) -> None:
         print(f"granite-train: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         sys.exit(2)
     config_name, task = COMMANDS[command]
+    config_dir = CONFIG_DIR
+    if command == "train":
+        config_dir, config_name, rest = _recipe(rest)
+        # recipes pick their groups (model, data, optim, ...) from configs/
+        rest = [f"hydra.searchpath=[file://{CONFIG_DIR}]", *rest]
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s %(levelname)s] %(message)s")
     # Hydra parses sys.argv itself: hand it the overrides only, and our name for its messages.
     sys.argv = [f"granite-train {command}", *rest]
-    hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name=config_name)(task)()
+    hydra.main(version_base="1.3", config_path=str(config_dir), config_name=config_name)(task)()
+
+
+def load_recipe(recipe: str, overrides: list[str] | tuple[str, ...] = ()) -> dict:
+    """Compose a recipe (name in ``recipes/`` or a YAML path) with overrides into a plain dict.
+
+    What ``granite-train train`` runs, for notebooks and tests:
+    ``train(load_recipe("ctc_tiny_en", ["trainer.max_steps=10"]))``.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    config_dir, name, _ = _recipe([f"recipe={recipe}"])
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+        cfg = compose(name, overrides=[*overrides, f"hydra.searchpath=[file://{CONFIG_DIR}]"])
+    return _container(cfg)
+
+
+def available_recipes() -> list[str]:
+    return sorted(p.stem for p in RECIPE_DIR.glob("*.yaml"))
+
+
+def _recipe(args: list[str]) -> tuple[Path, str, list[str]]:
+    """Split ``recipe=NAME|PATH`` off the arguments: (config dir, config name, other arguments)."""
+    names = [a.split("=", 1)[1] for a in args if a.startswith("recipe=")]
+    rest = [a for a in args if not a.startswith("recipe=")]
+    if len(names) != 1:
+        print(
+            "granite-train train: name exactly one recipe, e.g. `granite-train train recipe=ctc_tiny_en`"
+            f"\nrecipes in {RECIPE_DIR}: {', '.join(available_recipes())}"
+            "\nor a path: recipe=path/to/my_recipe.yaml",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+    name = names[0]
+    if name.endswith((".yaml", ".yml")) or "/" in name:
+        path = Path(name).expanduser().resolve()
+        if not path.is_file():
+            print(f"granite-train train: recipe file {path} not found", file=sys.stderr)
+            sys.exit(2)
+        return path.parent, path.stem, rest
+    if not (RECIPE_DIR / f"{name}.yaml").is_file():
+        print(
+            f"granite-train train: unknown recipe {name!r}; available: {', '.join(available_recipes())}",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+    return RECIPE_DIR, name, rest
 
 
 if __name__ == "__main__":

@@ -61,6 +61,8 @@ class PipelineConfig:
         bucket_ratio: Geometric bucket growth when bounds cannot be estimated (no shuffle buffer).
         drop_last: Drop the partial batches flushed at the end of a finite epoch.
         oov_policy: Characters outside the CTC vocabulary: ``drop``, ``replace`` or ``reject``.
+        lowercase: Lowercase CTC targets (see :class:`CTCTargetBuilder`).
+        strip_punctuation: Remove punctuation from CTC targets (the apostrophe stays).
         prepare: Per-example validation limits.
     """
 
@@ -76,6 +78,8 @@ class PipelineConfig:
     bucket_ratio: float = 1.1
     drop_last: bool = False
     oov_policy: str = "drop"
+    lowercase: bool = False
+    strip_punctuation: bool = False
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
 
     def __post_init__(self) -> None:
@@ -274,7 +278,12 @@ class SpeechDataPipeline(IterableDataset):
             from granite_train.text.japanese import KatakanaConverter
             from granite_train.text.vocab import CharVocab
 
-            targets = CTCTargetBuilder(CharVocab(config.oov_policy), KatakanaConverter())
+            targets = CTCTargetBuilder(
+                CharVocab(config.oov_policy),
+                KatakanaConverter(),
+                lowercase=config.lowercase,
+                strip_punctuation=config.strip_punctuation,
+            )
         self.targets = targets
         if rank is None or world_size is None:
             rank, world_size = _distributed_rank_world()

@@ -44,9 +44,11 @@ def generate_demo_corpus(demo: Mapping[str, Any], corpus_dir: str | Path, seed: 
     return summaries
 
 
-def run_data_report(data: Mapping[str, Any], max_batches: int | None = None) -> DataReport:
-    """Iterate the pipeline described by ``data`` (a ``configs/data`` mapping) and gather a report."""
-    config = build_pipeline_config(data)
+def run_data_report(data: Mapping[str, Any], max_batches: int | None = None, split: str = "train") -> DataReport:
+    """Iterate the ``split`` ("train" or "val") pipeline of ``data`` (a ``configs/data`` mapping) and report."""
+    if not data.get(split):
+        raise ValueError(f"data.{split} is not set in this data config")
+    config = build_pipeline_config(data[split])
     pipeline = SpeechDataPipeline(config)
     loader = build_dataloader(
         pipeline,

@@ -6,6 +6,8 @@ other languages are encoded as written, Latin-1 characters being in the vocabula
 
 from __future__ import annotations
 
+import unicodedata
+
 from granite_train.text.japanese import KatakanaConverter
 from granite_train.text.vocab import CharVocab
 
@@ -13,6 +15,11 @@ from granite_train.text.vocab import CharVocab
 def is_japanese(language: str | None) -> bool:
     """Whether a language tag names Japanese: "ja", "ja-JP", "ja_JP" (case-insensitive)."""
     return language is not None and language.replace("_", "-").split("-")[0].lower() == "ja"
+
+
+def _is_punct(ch: str) -> bool:
+    # the apostrophe is part of words ("don't"); the katakana long-vowel mark is Lm, not P*
+    return ch != "'" and unicodedata.category(ch).startswith("P")
 
 
 class CTCTargetBuilder:
@@ -28,14 +35,21 @@ class CTCTargetBuilder:
             if None (it loads Sudachi only when the first Japanese text arrives).
         lowercase: lowercase the text before encoding. Katakana has no case, so this only changes
             Latin letters.
+        strip_punctuation: replace Unicode punctuation (categories P*) except the apostrophe by
+            a space. Small models learn faster without marks that the audio barely signals.
     """
 
     def __init__(
-        self, vocab: CharVocab, japanese: KatakanaConverter | None = None, lowercase: bool = False
+        self,
+        vocab: CharVocab,
+        japanese: KatakanaConverter | None = None,
+        lowercase: bool = False,
+        strip_punctuation: bool = False,
     ) -> None:
         self.vocab = vocab
         self.japanese = japanese if japanese is not None else KatakanaConverter()
         self.lowercase = lowercase
+        self.strip_punctuation = strip_punctuation
 
     def target_text(self, text: str, language: str | None = None) -> str:
         """The string that :meth:`__call__` encodes."""
@@ -43,6 +57,8 @@ class CTCTargetBuilder:
             text = self.japanese(text)
         if self.lowercase:
             text = text.lower()
+        if self.strip_punctuation:
+            text = "".join(" " if _is_punct(ch) else ch for ch in text)
         return " ".join(text.split())
 
     def __call__(self, text: str, language: str | None = None) -> list[int]:

@@ -1,0 +1,1 @@
+"""Training: Lightning modules, schedules, callbacks and the Hydra-driven entry point."""
