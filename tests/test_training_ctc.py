@@ -6,6 +6,7 @@ import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -263,24 +264,31 @@ def test_kill_9_then_resume_is_bit_identical(corpus, tmp_path):
     assert a["granite_train"]["counters"] == b["granite_train"]["counters"]
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_ddp_two_processes_gloo(corpus, tmp_path):
     out = tmp_path / "ddp"
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0",
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+        "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
         "-m", "granite_train.cli", "train", "recipe=ctc_tiny_en",
         *_overrides(corpus, out, "trainer.max_steps=4", "trainer.devices=2", "trainer.strategy=ddp",
                     "trainer.val_every_n_steps=2", "trainer.export_hf=false",
                     "debug.log_sample_ids=true", "debug.save_rank_weights=true"),
     ]
-    proc = subprocess.run(cmd, env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [_samples(out, r) for r in (0, 1)]
     assert [len(r) for r in ranks] == [4, 4]
     ids = [{i for rec in recs for i in rec["ids"]} for recs in ranks]
     assert ids[0] and ids[1] and not ids[0] & ids[1], "ranks must train on disjoint samples"
-    w0 = load_file(out / "rank_weights" / "encoder.rank0.safetensors")
-    w1 = load_file(out / "rank_weights" / "encoder.rank1.safetensors")
-    assert w0.keys() == w1.keys()
+    w0 = load_file(out / "rank_weights" / "encoder_params.rank0.safetensors")
+    w1 = load_file(out / "rank_weights" / "encoder_params.rank1.safetensors")
+    assert w0.keys() == w1.keys() and "layers.0.attn.to_q.weight" in w0
     for key in w0:
         assert torch.equal(w0[key], w1[key]), key
     init = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]

@@ -37,7 +37,11 @@ class SampleLog(L.Callback):
 
 
 class RankWeights(L.Callback):
-    """Save every rank's final encoder weights (safetensors): the DDP test compares them."""
+    """Save every rank's final encoder parameters (safetensors): the DDP test compares them.
+
+    Parameters only: BatchNorm running statistics are per-rank between DDP's buffer broadcasts
+    (from rank 0, at every forward), and checkpoints hold rank 0's.
+    """
 
     def __init__(self, directory: str | Path):
         self.directory = Path(directory)
@@ -46,8 +50,8 @@ class RankWeights(L.Callback):
         from safetensors.torch import save_file
 
         self.directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in pl_module.encoder.state_dict().items()}
-        save_file(state, str(self.directory / f"encoder.rank{trainer.global_rank}.safetensors"))
+        state = {k: v.detach().cpu().contiguous() for k, v in pl_module.encoder.named_parameters()}
+        save_file(state, str(self.directory / f"encoder_params.rank{trainer.global_rank}.safetensors"))
 
 
 def read_metrics_csv(path: str | Path) -> list[dict[str, float]]:

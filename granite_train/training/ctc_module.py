@@ -197,23 +197,29 @@ class CTCPretrainModule(L.LightningModule):
     # validation: greedy CTC CER / WER
     # ------------------------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
-        self._val = {"refs": [], "hyps": []}
+        self._val = {"refs": [], "hyps": [], "loss": []}
 
     def validation_step(self, batch, batch_idx: int) -> None:
+        # No collectives here: ranks may hold different numbers of validation batches.
         out = self.encoder(batch.features, batch.feature_lengths)
         loss_out = self.loss_fn(out.logits, out.lengths, batch.targets, batch.target_lengths, out.mid_logits)
         if not loss_out.all_dropped:
-            self.log("val/loss", loss_out.loss, batch_size=len(batch), sync_dist=True)
+            kept = loss_out.num_utts - loss_out.num_dropped
+            self._val["loss"].append((float(loss_out.loss) * kept, kept))
         self._val["hyps"] += greedy_ctc_decode(out.logits, out.lengths, self.vocab)
         self._val["refs"] += [t or "" for t in batch.texts]
 
     def on_validation_epoch_end(self) -> None:
-        refs, hyps = self._val["refs"], self._val["hyps"]
+        refs, hyps, losses = self._val["refs"], self._val["hyps"], self._val["loss"]
         if self.trainer.world_size > 1:
             gathered: list = [None] * self.trainer.world_size
-            torch.distributed.all_gather_object(gathered, (refs, hyps))
+            torch.distributed.all_gather_object(gathered, (refs, hyps, losses))
             refs = [r for part in gathered for r in part[0]]
             hyps = [h for part in gathered for h in part[1]]
+            losses = [x for part in gathered for x in part[2]]
+        if losses:
+            total, count = map(sum, zip(*losses))
+            self.log("val/loss", total / count, rank_zero_only=True)
         if not refs:
             return
         scores = error_rates(refs, hyps, normalizer=self.val_normalizer)
