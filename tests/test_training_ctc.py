@@ -159,6 +159,8 @@ def test_run_writes_logs_curves_checkpoint_and_hf_export(corpus, tmp_path):
     assert ckpt["global_step"] == 6
     assert ckpt["encoder_config"]["hidden_dim"] == 48
     assert ckpt["granite_train"]["counters"]["utterances"] == result.counters["utterances"] > 0
+    assert result.counters["seen/tr"] == result.counters["utterances"]  # per-source counts in the log
+    assert max(r.get("data/seen/tr", 0) for r in rows) == result.counters["utterances"]
 
     from transformers import GraniteSpeechCTCEncoder
 
@@ -295,3 +297,17 @@ def test_ddp_two_processes_gloo(corpus, tmp_path):
     assert torch.equal(init["encoder.out.weight"], w0["out.weight"])
     rows = read_metrics_csv(out / "metrics.csv")
     assert any("val/cer" in r for r in rows)
+
+
+def test_wandb_logs_offline_without_api_key(corpus, tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg = load_recipe(
+        "ctc_tiny_en",
+        [*_overrides(corpus, tmp_path, "trainer.max_steps=2", "trainer.val_every_n_steps=null",
+                     "trainer.export_hf=false"), "logger=default"],
+    )
+    train(cfg)
+    runs = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 1 and runs[0].stat().st_size > 0

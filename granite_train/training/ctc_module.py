@@ -148,6 +148,8 @@ class CTCPretrainModule(L.LightningModule):
         self.counters["ctc_dropped_utterances"] += loss_out.num_dropped
         for reason, n in batch.skipped.items():
             self.counters[f"skipped/{reason}"] += n
+        for source in batch.sources:  # what the mixture really served, per source
+            self.counters[f"seen/{source}"] += 1
         loss_ok = torch.isfinite(loss.detach()).float()
         self._loss_ok = loss_ok if self._micro == 1 else torch.minimum(self._loss_ok, loss_ok)
 
@@ -192,6 +194,9 @@ class CTCPretrainModule(L.LightningModule):
         self.log("train/nonfinite_steps", float(self.counters["nonfinite_steps"]), batch_size=bsz)
         self.log("train/ctc_dropped", float(self.counters["ctc_dropped_utterances"]), batch_size=bsz)
         self.log("train/audio_hours", self.counters["audio_seconds"] / 3600.0, batch_size=bsz)
+        for key, value in self.counters.items():
+            if key.startswith(("seen/", "skipped/")):
+                self.log(f"data/{key}", float(value), batch_size=bsz)
 
     # ------------------------------------------------------------------------------------------
     # validation: greedy CTC CER / WER
@@ -229,6 +234,14 @@ class CTCPretrainModule(L.LightningModule):
             self.log("val/wer", scores["wer"], rank_zero_only=True)
         log.info("step %d: val CER %.4f WER %.4f on %d utterances (e.g. %r -> %r)",
                  self.global_step, scores["cer"] or 0, scores["wer"] or 0, len(refs), refs[0], hyps[0])
+        self._log_mixture()
+
+    def _log_mixture(self) -> None:
+        seen = {k[5:]: v for k, v in self.counters.items() if k.startswith("seen/")}
+        total = sum(seen.values())
+        if total and self.trainer.is_global_zero:
+            shares = ", ".join(f"{name} {n} ({100 * n / total:.1f}%)" for name, n in sorted(seen.items()))
+            log.info("examples seen per source on rank 0 so far: %s", shares)
 
     # ------------------------------------------------------------------------------------------
     # checkpoints

@@ -29,6 +29,7 @@ import yaml
 from granite_train.audio.augment import AdditiveNoise, SpecAugment
 from granite_train.data.builders import build_pipeline_config
 from granite_train.data.collate import Collator
+from granite_train.data.mixture import mixture_probabilities
 from granite_train.data.pipeline import SpeechDataPipeline, build_dataloader
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,14 @@ class CTCDataModule(L.LightningDataModule):
         self.data = data
         self.seed = seed
         self.train_config = build_pipeline_config({**data["train"], "seed": seed, "infinite": True})
+        specs = self.train_config.sources
+        probs = mixture_probabilities([s.weight for s in specs], [s.size for s in specs], self.train_config.alpha)
+        self.requested_mixture = {s.name: float(p) for s, p in zip(specs, probs)}
+        log.info(
+            "requested mixture (alpha %.2f): %s",
+            self.train_config.alpha,
+            ", ".join(f"{name} {100 * p:.1f}%" for name, p in self.requested_mixture.items()),
+        )
         val = data.get("val")
         self.val_config = None
         if val:
