@@ -16,7 +16,8 @@ Data flow::
       -> OUT/README.md dataset card, OUT/failures.jsonl
 
 Output columns: id (str), audio (datasets.Audio(16000): {bytes: FLAC, path}), text, language, voice,
-duration (float32 seconds). Same inputs + seed -> byte-identical shards, whatever the worker count.
+duration (float32 seconds), then any ``extra_columns`` (e.g. the katakana CTC target of Japanese, see
+``data_prep.japanese``). Same inputs + seed -> byte-identical shards, whatever the worker count.
 
 Resume: a shard is finished when its parquet file exists and its state file
 ``OUT/.shards/<split>-<index>.json`` carries the fingerprint of the shard's inputs (sentences, seed,
@@ -41,7 +42,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -112,6 +113,30 @@ class CorpusSummary:
                 "filtered input lines: " + ", ".join(f"{k}={v}" for k, v in sorted(self.filtered.items()))
             )
         return "\n".join(lines)
+
+
+class ExtraColumns(Protocol):
+    """Optional hook of ``generate_corpus``: more columns per example, computed in the worker.
+
+    Must be picklable (it travels with every shard task) and deterministic. ``describe()``, when
+    present, goes into the shard fingerprint, so that changing the hook's settings regenerates.
+    """
+
+    features: Mapping[str, str]
+    """Column name -> ``datasets.Value`` dtype ("string", "float32", ...), in output order."""
+
+    def __call__(self, language: str, text: str) -> Mapping[str, Any]:
+        """Values of the extra columns for one sentence; raising counts the sentence as failed
+        (``extra_columns_error:<Exception>``) instead of crashing the run."""
+        ...
+
+
+def _describe_extra(extra: ExtraColumns | None) -> Any:
+    if extra is None:
+        return None
+    describe = getattr(extra, "describe", None)
+    info = describe() if callable(describe) else {"class": type(extra).__qualname__}
+    return {"features": dict(extra.features), "hook": info}
 
 
 # ---------------------------------------------------------------------------------------- inputs
@@ -220,19 +245,23 @@ def _collect(
 # ------------------------------------------------------------------------------------ shard work
 
 
-def _features():
+def _features(extra: Mapping[str, str] | None = None):
+    """Output features; ``extra`` (column -> Value dtype) are appended after ``duration``."""
     from datasets import Audio, Features, Value
 
-    return Features(
-        {
-            "id": Value("string"),
-            "audio": Audio(sampling_rate=SAMPLING_RATE),
-            "text": Value("string"),
-            "language": Value("string"),
-            "voice": Value("string"),
-            "duration": Value("float32"),
-        }
-    )
+    columns = {
+        "id": Value("string"),
+        "audio": Audio(sampling_rate=SAMPLING_RATE),
+        "text": Value("string"),
+        "language": Value("string"),
+        "voice": Value("string"),
+        "duration": Value("float32"),
+    }
+    for name, dtype in (extra or {}).items():
+        if name in columns:
+            raise ValueError(f"extra column {name!r} clashes with a built-in column")
+        columns[name] = Value(dtype)
+    return Features(columns)
 
 
 @dataclass(frozen=True)
@@ -244,6 +273,7 @@ class _ShardTask:
     backend: Any
     out_dir: str
     fingerprint: str
+    extra_columns: ExtraColumns | None = None
 
     @property
     def name(self) -> str:
@@ -345,6 +375,7 @@ def _run_shard(task: _ShardTask, on_sentence: Callable[[float], None] | None = N
         voice = task.backend.sample_voice(language, rng)
         seconds = 0.0
         try:
+            extra = _extra_values(task.extra_columns, language, text)
             wave, sr = _synthesize_one(task.backend, language, text, voice)
             flac, n = _to_flac_16k(wave, sr)
             if n == 0:
@@ -370,6 +401,7 @@ def _run_shard(task: _ShardTask, on_sentence: Callable[[float], None] | None = N
                     "language": language,
                     "voice": voice.tag,
                     "duration": seconds,
+                    **extra,
                 }
             )
             stats = per_language.setdefault(language, [0, 0.0])
@@ -380,7 +412,8 @@ def _run_shard(task: _ShardTask, on_sentence: Callable[[float], None] | None = N
 
     import pyarrow as pa
 
-    table = pa.Table.from_pylist(rows, schema=_features().arrow_schema)
+    extra_features = task.extra_columns.features if task.extra_columns is not None else None
+    table = pa.Table.from_pylist(rows, schema=_features(extra_features).arrow_schema)
     state = {
         "format_version": FORMAT_VERSION,
         "fingerprint": task.fingerprint,
@@ -398,6 +431,32 @@ def _run_shard(task: _ShardTask, on_sentence: Callable[[float], None] | None = N
     _write_atomic(task.parquet_path, lambda p: pq.write_table(table, p, row_group_size=100))
     state["wall_seconds"] = time.perf_counter() - t0
     return state
+
+
+def _extra_values(extra: ExtraColumns | None, language: str, text: str) -> dict[str, Any]:
+    if extra is None:
+        return {}
+    try:
+        values = dict(extra(language, text))
+    except Exception as e:  # noqa: BLE001 - a per-sentence error is counted, not fatal
+        raise _Failed(f"extra_columns_error:{type(e).__name__}", str(e)[:500]) from e
+    if set(values) != set(extra.features):
+        raise ValueError(f"extra_columns returned {sorted(values)}, declared {sorted(extra.features)}")
+    return values
+
+
+def _add_card_columns(path: Path, extra: Mapping[str, str]) -> None:
+    """Declare the extra columns in a dataset card written by ``card.write_dataset_card``."""
+    import yaml
+
+    text = path.read_text(encoding="utf-8")
+    _, header, body = text.split("---\n", 2)
+    meta = yaml.safe_load(header)
+    meta["dataset_info"]["features"] = _features(extra)._to_yaml_list()
+    header = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, width=1000)
+    names = ", ".join(f"`{name}`" for name in extra)
+    body = body.replace("`duration` (s)\n", f"`duration` (s), {names}\n", 1)
+    path.write_text(f"---\n{header}---\n{body}", encoding="utf-8")
 
 
 def _worker_init() -> None:
@@ -424,6 +483,7 @@ def generate_corpus(
     license: str = "other",
     command: str | None = None,
     sources: Mapping[str, str] | None = None,
+    extra_columns: ExtraColumns | None = None,
 ) -> CorpusSummary:
     """Synthesise ``texts`` into a parquet dataset under ``out_dir`` (see the module docstring).
 
@@ -442,6 +502,8 @@ def generate_corpus(
         license: ``license:`` of the dataset card (the license of the source texts).
         command: the command line recorded in the card.
         sources: language -> human-readable origin of its texts, for the card.
+        extra_columns: optional hook adding columns to every example (see ``ExtraColumns``); it
+            runs in the workers, and its ``describe()`` is part of the shard fingerprint.
     """
     t0 = time.perf_counter()
     if shard_size < 1:
@@ -455,6 +517,8 @@ def generate_corpus(
         raise ValueError(
             f"backend {backend.name!r} cannot speak {unsupported}; it knows {list(backend.languages)}"
         )
+    if extra_columns is not None:
+        _features(extra_columns.features)  # fail early on a clash with a built-in column
     out = Path(out_dir)
     sources = dict(sources or {})
     iterables: dict[str, Iterable[str]] = {}
@@ -475,16 +539,25 @@ def generate_corpus(
     if not any(items.values()):
         raise ValueError(f"no sentences to synthesise in {sorted(texts)} (empty sources?)")
     backend_info = describe_backend(backend)
+    extra_info = _describe_extra(extra_columns)
     tasks: list[_ShardTask] = []
     for split, split_items in items.items():
         for index, start in enumerate(range(0, len(split_items), shard_size)):
             chunk = tuple(split_items[start : start + shard_size])
-            key = json.dumps(
-                [FORMAT_VERSION, seed, split, index, SAMPLING_RATE, backend_info, chunk], ensure_ascii=False
-            )
+            parts = [FORMAT_VERSION, seed, split, index, SAMPLING_RATE, backend_info, chunk]
+            if extra_info is not None:  # without the hook, fingerprints are those of older versions
+                parts.append(extra_info)
+            key = json.dumps(parts, ensure_ascii=False)
             tasks.append(
                 _ShardTask(
-                    split, index, chunk, seed, backend, str(out), hashlib.sha1(key.encode()).hexdigest()
+                    split,
+                    index,
+                    chunk,
+                    seed,
+                    backend,
+                    str(out),
+                    hashlib.sha1(key.encode()).hexdigest(),
+                    extra_columns,
                 )
             )
     _remove_stale_shards(out, {t.name for t in tasks})
@@ -554,6 +627,8 @@ def generate_corpus(
         license=license,
         command=command,
     )
+    if extra_columns is not None:
+        _add_card_columns(out / "README.md", extra_columns.features)
     summary.wall_seconds = time.perf_counter() - t0
     if progress:
         print(summary.format(), flush=True)
