@@ -40,6 +40,11 @@ TINY = [
     "trainer.log_every_n_steps=1",
     "trainer.threads=1",
     "optim.lr=3e-3",
+    # the recipe's CPU speed settings off: dropout and SpecAugment on, so that resume has to
+    # reproduce their random draws; fp32
+    "model.encoder.dropout=0.1",
+    "data.augment.spec_augment={freq_masks: 2, freq_width: 15, time_masks: 2, time_width: 0.05, p: 0.9}",
+    "trainer.precision=32-true",
 ]
 
 
