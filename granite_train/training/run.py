@@ -55,10 +55,14 @@ class CTCDataModule(L.LightningDataModule):
     or null), ``num_workers`` and ``augment`` (``spec_augment`` / ``noise`` arguments or null).
     """
 
-    def __init__(self, data: Mapping[str, Any], seed: int):
+    def __init__(self, data: Mapping[str, Any], seed: int, snapshot_every_n_batches: int = 1):
         super().__init__()
         self.data = data
         self.seed = seed
+        # Loader workers ship their state (stream positions, buffered raw records: megabytes) with
+        # every snapshot. Snapshots at checkpoint steps are all that resume needs; between them
+        # StatefulDataLoader replays from the last snapshot, which is exact as well.
+        self.snapshot_every_n_batches = max(1, int(snapshot_every_n_batches))
         self.train_config = build_pipeline_config({**data["train"], "seed": seed, "infinite": True})
         specs = self.train_config.sources
         probs = mixture_probabilities([s.weight for s in specs], [s.size for s in specs], self.train_config.alpha)
@@ -92,7 +96,12 @@ class CTCDataModule(L.LightningDataModule):
         )
         rank, world = self._rank_world()
         pipeline = SpeechDataPipeline(self.train_config, rank=rank, world_size=world)
-        return build_dataloader(pipeline, num_workers=int(self.data.get("num_workers", 0)), collator=collator)
+        return build_dataloader(
+            pipeline,
+            num_workers=int(self.data.get("num_workers", 0)),
+            collator=collator,
+            snapshot_every_n_steps=self.snapshot_every_n_batches,
+        )
 
     def val_dataloader(self):
         if self.val_config is None:
@@ -192,12 +201,12 @@ def _train(cfg: Mapping[str, Any], extra_callbacks: list[L.Callback]) -> TrainRe
         val_normalizer=cfg.get("val_normalizer", "basic"),
         fault_injection=debug.get("fault_injection"),
     )
-    datamodule = CTCDataModule(cfg["data"], seed=seed)
+    every = int(tcfg.get("checkpoint_every_n_steps", 1000))
+    datamodule = CTCDataModule(cfg["data"], seed=seed, snapshot_every_n_batches=every * accumulate)
 
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
 
-    every = int(tcfg.get("checkpoint_every_n_steps", 1000))
     callbacks: list[L.Callback] = [
         ModelCheckpoint(
             dirpath=ckpt_dir,
