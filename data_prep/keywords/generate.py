@@ -624,9 +624,8 @@ def _read_all_states(out: Path) -> list[dict]:
 def write_card(out_dir: Path, states: list[dict], *, license: str = "other") -> Path:
     """README.md with Hugging Face YAML metadata for every split in ``out_dir`` (from the shard
     states: each split is described with the settings it was made with)."""
-    import yaml
 
-    from data_prep.tts.card import _size_category
+    from data_prep.tts.card import front_matter, size_category, with_hub_layout
 
     by_split: dict[str, list[dict]] = {}
     for st in states:
@@ -645,28 +644,12 @@ def write_card(out_dir: Path, states: list[dict], *, license: str = "other") -> 
         **({"language": languages} if languages else {}),
         "task_categories": ["automatic-speech-recognition"],
         "tags": ["keyword-biasing", "contextual-biasing"],
-        "size_categories": [_size_category(total)],
+        "size_categories": [size_category(total)],
         "pretty_name": f"Keyword-biased ASR: {', '.join(paths)}",
-        "configs": [
-            {
-                "config_name": "default",
-                "data_files": [{"split": s, "path": f"data/{s}-*"} for s in by_split],
-            }
-        ],
-        "dataset_info": {
-            "features": features()._to_yaml_list(),
-            "splits": [
-                {"name": s, "num_bytes": sizes[s], "num_examples": stats[s]["examples"]} for s in by_split
-            ],
-            "download_size": sum(sizes.values()),
-            "dataset_size": sum(sizes.values()),
-        },
     }
-    header = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, width=1000)
+    meta = with_hub_layout(meta, {s: (sizes[s], stats[s]["examples"]) for s in by_split}, features())
     lines = [
-        "---",
-        header.rstrip(),
-        "---",
+        *front_matter(meta),
         "",
         "# Keyword-biased ASR data",
         "",

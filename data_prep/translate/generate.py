@@ -739,9 +739,8 @@ def _write_card(
     out: Path, states: dict[str, list[dict]], *, spec: SourceSpec, license: str, command: str | None
 ) -> Path:
     """README.md with Hugging Face YAML metadata; no timings, so identical inputs give identical cards."""
-    import yaml
 
-    from data_prep.tts.card import LANGUAGE_NAMES, _size_category
+    from data_prep.tts.card import LANGUAGE_NAMES, front_matter, size_category, with_hub_layout
 
     summaries = {split: _summarise(out, split, sts) for split, sts in states.items()}
     split_bytes = {
@@ -760,26 +759,12 @@ def _write_card(
         "language": languages,
         "task_categories": ["automatic-speech-recognition", "translation"],
         "tags": ["speech-translation", "machine-translated", "ast"],
-        "size_categories": [_size_category(total_kept)],
+        "size_categories": [size_category(total_kept)],
         "pretty_name": "Speech translation targets (" + ", ".join(sorted(_pairs(summaries))) + ")",
-        "configs": [
-            {"config_name": "default", "data_files": [{"split": s, "path": f"data/{s}-*"} for s in states]}
-        ],
-        "dataset_info": {
-            "features": features()._to_yaml_list(),
-            "splits": [
-                {"name": s, "num_bytes": split_bytes[s], "num_examples": summaries[s].num_kept}
-                for s in states
-            ],
-            "download_size": sum(split_bytes.values()),
-            "dataset_size": sum(split_bytes.values()),
-        },
     }
-    header = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, width=1000)
+    meta = with_hub_layout(meta, {s: (split_bytes[s], summaries[s].num_kept) for s in states}, features())
     lines = [
-        "---",
-        header.rstrip(),
-        "---",
+        *front_matter(meta),
         "",
         "# Speech-translation (AST) targets",
         "",

@@ -30,7 +30,33 @@ LANGUAGE_NAMES = {
 }
 
 
-def _size_category(n: int) -> str:
+def with_hub_layout(meta: dict[str, Any], splits: dict[str, tuple[int, int]], features: Any) -> dict[str, Any]:
+    """``meta`` plus the Hugging Face ``configs`` / ``dataset_info`` entries of a generated dataset.
+
+    Every generator writes ``data/<split>-XXXXX.parquet``; ``splits`` maps a split to
+    ``(bytes, examples)`` and ``features`` is the ``datasets.Features`` of the shards.
+    """
+    total_bytes = sum(b for b, _ in splits.values())
+    return {
+        **meta,
+        "configs": [
+            {"config_name": "default", "data_files": [{"split": s, "path": f"data/{s}-*"} for s in splits]}
+        ],
+        "dataset_info": {
+            "features": features._to_yaml_list(),
+            "splits": [{"name": s, "num_bytes": b, "num_examples": n} for s, (b, n) in splits.items()],
+            "download_size": total_bytes,
+            "dataset_size": total_bytes,
+        },
+    }
+
+
+def front_matter(meta: dict[str, Any]) -> list[str]:
+    """The YAML header lines of a dataset card."""
+    return ["---", yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, width=1000).rstrip(), "---"]
+
+
+def size_category(n: int) -> str:
     for limit, name in (
         (1_000, "n<1K"),
         (10_000, "1K<n<10K"),
@@ -74,30 +100,12 @@ def write_dataset_card(
         "language": languages,
         "task_categories": ["automatic-speech-recognition"],
         "tags": ["synthetic", "text-to-speech", str(backend_name)],
-        "size_categories": [_size_category(summary.total_examples)],
+        "size_categories": [size_category(summary.total_examples)],
         "pretty_name": f"Synthetic {backend_name} speech ({', '.join(languages)})",
-        "configs": [
-            {
-                "config_name": "default",
-                "data_files": [{"split": s, "path": f"data/{s}-*"} for s in splits],
-            }
-        ],
-        "dataset_info": {
-            "features": _features()._to_yaml_list(),
-            "splits": [
-                {"name": s, "num_bytes": split_bytes[s], "num_examples": summary.num_examples[s]}
-                for s in splits
-            ],
-            "download_size": sum(split_bytes.values()),
-            "dataset_size": sum(split_bytes.values()),
-        },
     }
-    header = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, width=1000)
-
+    meta = with_hub_layout(meta, {s: (split_bytes[s], summary.num_examples[s]) for s in splits}, _features())
     lines = [
-        "---",
-        header.rstrip(),
-        "---",
+        *front_matter(meta),
         "",
         f"# Synthetic speech corpus ({backend_name})",
         "",
@@ -162,3 +170,4 @@ def write_dataset_card(
     path = out_dir / "README.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
