@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Stage 1 end to end on CPU: English espeak-ng corpus (3.1 h train, 8 voices, held-out sentences),
+# Stage 1 end to end on CPU: English espeak-ng corpus (6.85 h train, 8 voices, held-out sentences),
 # the tiny recipe, then greedy-CTC eval of the exported encoder on the test split.
 # Extra arguments are Hydra overrides for the training run, e.g. trainer.max_steps=100.
 # Re-runnable: the corpus is kept, training resumes from its last checkpoint (resume=auto);
