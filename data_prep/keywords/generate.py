@@ -36,7 +36,6 @@ import io
 import json
 import logging
 import os
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -45,11 +44,12 @@ from pathlib import Path
 from typing import Any
 
 from data_prep.keywords.select import REASONS, KeywordConfig, KeywordSelector, Vocabulary
+from data_prep.shards import STATE_DIR, remove_stale_shards
 from granite_train.data.sources import SourceReader, SourceSpec
 
 log = logging.getLogger(__name__)
 
-STATE_DIR = ".shards"
+
 FORMAT_VERSION = 1
 """Bump when the shard content format changes, so that old shards are regenerated."""
 CHECK_AUDIO = ("header", "decode", "none")
@@ -488,7 +488,7 @@ def generate_keyword_dataset(
         source, shard, shard_size, selector, check_audio, max_records, progress, settings
     )
     generate_seconds = time.perf_counter() - t0
-    _remove_stale_shards(out, split, len(states))
+    remove_stale_shards(out, split, len(states))
 
     out.mkdir(parents=True, exist_ok=True)
     all_states = _read_all_states(out)
@@ -585,21 +585,6 @@ def _restore(reader: SourceReader, state: dict) -> bool:
         log.warning("cannot restore the stream position (%s): reading from the start", e)
         return False
     return True
-
-
-def _remove_stale_shards(out: Path, split: str, num_shards: int) -> None:
-    """Delete shards ``split-k`` with k >= num_shards (a previous, longer run) and temp files."""
-    for sub, suffix in (("data", ".parquet"), (STATE_DIR, ".json")):
-        folder = out / sub
-        if not folder.is_dir():
-            continue
-        for p in folder.iterdir():
-            stale_tmp = p.name.startswith(".") and ".tmp-" in p.name
-            stem = p.name[: -len(suffix)] if p.name.endswith(suffix) else ""
-            index = stem[len(split) + 1 :] if stem.startswith(f"{split}-") else ""
-            if stale_tmp or (index.isdigit() and int(index) >= num_shards):
-                print(f"removing stale {p}", file=sys.stderr)
-                p.unlink()
 
 
 def _read_all_states(out: Path) -> list[dict]:

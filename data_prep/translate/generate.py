@@ -38,7 +38,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -47,6 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from data_prep.shards import STATE_DIR, remove_stale_shards
 from data_prep.translate.agreement import AgreementConfig, agreement, is_empty
 from data_prep.translate.backends import MTBackend, TranslationError, check_pair
 from data_prep.tts.generate import _write_atomic, normalize_sentence
@@ -54,7 +54,7 @@ from granite_train.data.sources import SourceReader, SourceSpec
 from granite_train.text.normalize import get_normalizer
 
 TASK = "ast"
-STATE_DIR = ".shards"
+
 FORMAT_VERSION = 1
 """Bump when the shard content format changes, so that old shards are regenerated."""
 TRANSCRIPTION_TEMPLATE = "[Transcription] {transcription} [Translation] {translation}"
@@ -634,7 +634,7 @@ def generate_translations(
         bar.close()
     if not states:
         raise ValueError(f"no records in {spec.path!r} (split {split!r})")
-    _remove_stale_shards(out, split, len(states))
+    remove_stale_shards(out, split, len(states))
 
     summary = _summarise(out, split, states)
     summary.shards_written, summary.shards_skipped = written, skipped
@@ -678,22 +678,6 @@ def _summarise(out: Path, split: str, states: list[dict]) -> TranslationSummary:
         shards_skipped=0,
         pairs_translated=0,
     )
-
-
-def _remove_stale_shards(out: Path, split: str, num_shards: int) -> None:
-    """Delete this split's shards beyond ``num_shards`` (a previous, longer run) and temp files."""
-    for sub, suffix in (("data", ".parquet"), (STATE_DIR, ".json")):
-        folder = out / sub
-        if not folder.is_dir():
-            continue
-        for p in folder.iterdir():
-            stale_tmp = p.name.startswith(".") and ".tmp-" in p.name
-            stem = p.name[: -len(suffix)] if p.name.endswith(suffix) else ""
-            head, _, idx = stem.rpartition("-")
-            beyond = head == split and idx.isdigit() and int(idx) >= num_shards
-            if stale_tmp or beyond:
-                print(f"removing stale {p}", file=sys.stderr)
-                p.unlink()
 
 
 def _load_states(out: Path) -> dict[str, list[dict]]:
