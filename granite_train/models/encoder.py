@@ -296,8 +296,14 @@ class CTCEncoder(nn.Module):
 
         return checkpoint(run, hidden, dists, valid, use_reentrant=False)
 
-    def forward(self, input_features: torch.Tensor, lengths: torch.Tensor | None = None) -> EncoderOutput:
-        """input_features (B, T, input_dim); lengths (B,) valid frames per utterance, None = all T."""
+    def forward(
+        self, input_features: torch.Tensor, lengths: torch.Tensor | None = None, **_: object
+    ) -> EncoderOutput:
+        """input_features (B, T, input_dim); lengths (B,) valid frames per utterance, None = all T.
+
+        Other keyword arguments (``return_dict`` from ``GraniteSpeechModel``) are ignored, so this
+        module can stand in for the reference inside ``GraniteSpeechForConditionalGeneration``.
+        """
         bsz, num_frames, _ = input_features.shape
         if lengths is None:
             valid = None

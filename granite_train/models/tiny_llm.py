@@ -1,0 +1,124 @@
+"""A tiny Granite LLM + BPE tokenizer, built locally: the stand-in for a hub LLM in tests and demos.
+
+Nothing can be downloaded at test time, so tests and the CPU demo train a byte-level BPE tokenizer
+(``tokenizers``) on their own sentences and save a randomly initialised ``GraniteForCausalLM`` next
+to it. The folder has the layout of a hub checkpoint (``config.json``, ``model.safetensors``,
+``tokenizer.json``, ``tokenizer_config.json`` with a chat template), so it is loaded by the same
+``from_pretrained`` code path as ``ibm-granite/granite-4.0-1b-base``.
+
+The tokenizer mirrors the released speech model's: ``<|end_of_text|>`` (bos = eos), ``<|pad|>``,
+and ``<|audio|>`` as the last id (as 100352 is in granite-4.0-1b-speech), and the 4.0 speech chat
+template ``USER: {content}\\n ASSISTANT:``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+AUDIO_TOKEN = "<|audio|>"
+EOS_TOKEN = "<|end_of_text|>"
+PAD_TOKEN = "<|pad|>"
+
+# The prompt format of granite-4.0-1b-speech: "USER: <|audio|>{instruction}\n ASSISTANT:".
+CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'system' -%}{{ message['content'] + '\\n' }}"
+    "{%- elif message['role'] == 'user' -%}{{ 'USER: ' + message['content'] + '\\n' }}"
+    "{%- elif message['role'] == 'assistant' -%}{{ ' ASSISTANT: ' + message['content'] + eos_token + '\\n' }}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ ' ASSISTANT:' }}{%- endif -%}"
+)
+
+# Granite LLM shapes: ``tiny`` for CPU tests / demos; the published base for reference.
+LLM_PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(
+        hidden_size=256,
+        intermediate_size=768,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+    ),
+    "micro": dict(  # unit tests: a few hundred thousand parameters
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+    ),
+}
+
+
+def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 1024, chat_template: str = CHAT_TEMPLATE):
+    """A byte-level BPE ``PreTrainedTokenizerFast`` trained on ``texts``, with the speech specials.
+
+    Ids: ``<|end_of_text|>`` 0, ``<|pad|>`` 1, the BPE vocabulary, then ``<|audio|>`` last.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOS_TOKEN, PAD_TOKEN],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=EOS_TOKEN,
+        eos_token=EOS_TOKEN,
+        pad_token=PAD_TOKEN,
+        model_max_length=4096,
+        padding_side="left",  # generation pads on the left; training collation pads itself
+    )
+    fast.add_special_tokens({"additional_special_tokens": [AUDIO_TOKEN]})
+    fast.chat_template = chat_template
+    return fast
+
+
+def build_tiny_llm(
+    out_dir: str | Path,
+    texts: Iterable[str],
+    preset: str = "tiny",
+    vocab_size: int = 1024,
+    seed: int = 0,
+    **overrides: Any,
+) -> Path:
+    """Write a random-init ``GraniteForCausalLM`` + tokenizer trained on ``texts`` to ``out_dir``.
+
+    Args:
+        out_dir: folder to write (created); loadable with ``AutoModelForCausalLM.from_pretrained``.
+        texts: sentences to train the BPE tokenizer on (the training transcripts).
+        preset: a :data:`LLM_PRESETS` name; ``overrides`` replace its fields (any ``GraniteConfig`` field).
+        vocab_size: BPE vocabulary size before the special tokens.
+        seed: seed of the random initialisation.
+    """
+    import torch
+    from transformers import GraniteConfig, GraniteForCausalLM
+
+    if preset not in LLM_PRESETS:
+        raise ValueError(f"unknown LLM preset {preset!r}; choose from {sorted(LLM_PRESETS)}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = train_bpe_tokenizer(texts, vocab_size=vocab_size)
+    config = GraniteConfig(
+        **{**LLM_PRESETS[preset], **overrides},
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(seed)
+    model = GraniteForCausalLM(config)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
