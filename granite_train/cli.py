@@ -82,7 +82,21 @@ def evaluate(cfg: DictConfig) -> None:
 
 
 def export(cfg: DictConfig) -> None:
-    """Export a checkpoint's encoder as a transformers GraniteSpeechCTCEncoder folder."""
+    """Export a checkpoint as a transformers folder (stage 1: CTC encoder; stage 2: speech LLM)."""
+    from granite_train.models.speech_export import checkpoint_stage
+
+    if checkpoint_stage(cfg.checkpoint) == 2:
+        from granite_train.models.speech_export import export_speech_checkpoint
+
+        out = export_speech_checkpoint(
+            cfg.checkpoint,
+            cfg.output_dir,
+            merge_lora=cfg.merge_lora,
+            processor_dir=cfg.processor_dir,
+            dtype=cfg.dtype,
+        )
+        print(f"exported speech LLM to {out}")
+        return
     from granite_train.models.export import export_checkpoint
 
     out = export_checkpoint(cfg.checkpoint, cfg.output_dir)

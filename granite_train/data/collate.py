@@ -57,7 +57,7 @@ class Batch:
             k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
             for k, v in self.__dict__.items()
         }
-        return Batch(**moved)
+        return type(self)(**moved)
 
 
 def pad_1d(seqs: Sequence[torch.Tensor], value: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:

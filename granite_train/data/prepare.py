@@ -67,6 +67,8 @@ class PrepareConfig:
         silence_db: Audio whose RMS is below this level (dBFS) is skipped as silence.
         require_text: Skip records without a transcript (ASR training needs one).
         check_ctc_length: Skip utterances with fewer encoder frames than CTC needs for their targets.
+        ctc_targets: Build CTC character targets from the text (stage 1). Stage 2 trains on the
+            text itself (a translation need not be in the CTC alphabet): ``False`` skips them.
         speed_factors: Speed perturbation factors drawn per utterance (e.g. ``[0.9, 1.0, 1.1]``);
             ``None`` disables it. Applied before the duration checks, so bucketing and the CTC
             length check see the perturbed audio.
@@ -78,6 +80,7 @@ class PrepareConfig:
     silence_db: float = -60.0
     require_text: bool = True
     check_ctc_length: bool = True
+    ctc_targets: bool = True
     speed_factors: list[float] | None = None
 
     def __post_init__(self) -> None:
@@ -185,7 +188,7 @@ class ExamplePreparer:
             raise Skip(SkipReason.SILENCE)
 
         targets: list[int] = []
-        if text is not None:
+        if text is not None and cfg.ctc_targets:
             try:
                 targets = self.targets(text, record.get("language"))
             except OOVError as err:
@@ -193,6 +196,6 @@ class ExamplePreparer:
             if cfg.require_text and not targets:
                 raise Skip(SkipReason.EMPTY_TARGET)
         example = Example(record=record, waveform=wave, targets=targets, sample_rate=cfg.sample_rate)
-        if cfg.check_ctc_length and example.num_frames < ctc_min_frames(targets):
+        if cfg.check_ctc_length and cfg.ctc_targets and example.num_frames < ctc_min_frames(targets):
             raise Skip(SkipReason.FRAMES_LT_TARGETS, f"{example.num_frames} frames < {len(targets)} labels")
         return example

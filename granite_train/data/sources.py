@@ -47,6 +47,9 @@ class SourceSpec:
         language: Language code for every example, or ``None`` to read ``language_column``.
         language_column: Column with per-example language codes.
         revision: Hub revision to pin (reproducibility).
+        task: Stage-2 task of every example (``asr``, ``ast``), or ``None`` to read the ``task``
+            column (default ``asr``). The other prompt fields (:data:`PROMPT_FIELDS`) are always
+            carried over from the row when present.
     """
 
     name: str
@@ -63,6 +66,7 @@ class SourceSpec:
     language_column: str | None = "language"
     revision: str | None = None
     data_files: list[str] = field(default_factory=list)
+    task: str | None = None
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -180,6 +184,11 @@ def _relative_base(spec: SourceSpec) -> Path | None:
     return p.parent if not p.is_dir() else p
 
 
+# Per-example prompt fields written by the data_prep generators (keywords, translation targets),
+# carried into raw records for the stage-2 prompt builder. Small strings: fine in resumable state.
+PROMPT_FIELDS = ("task", "prompt_suffix", "keywords", "source_language", "target_language")
+
+
 def normalize_record(
     spec: SourceSpec, row: dict[str, Any], index: int, base_dir: Path | None = None
 ) -> dict[str, Any]:
@@ -207,13 +216,19 @@ def normalize_record(
     language = spec.language
     if language is None and spec.language_column:
         language = row.get(spec.language_column)
-    return {
+    record = {
         "id": f"{spec.name}/{sample_id}",
         "audio": raw,
         "text": text if isinstance(text, str) else None,
         "language": language,
         "source": spec.name,
     }
+    for key in PROMPT_FIELDS:
+        if row.get(key) is not None:
+            record[key] = row[key]
+    if spec.task:
+        record["task"] = spec.task
+    return record
 
 
 class SourceReader:

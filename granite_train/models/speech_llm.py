@@ -242,7 +242,9 @@ class SpeechLLM(nn.Module):
             feature_lengths = torch.full((features.shape[0],), features.shape[1], device=features.device)
         feature_lengths = feature_lengths.to(features.device)
         dtype = next(self.encoder.parameters()).dtype
-        hidden = self.encoder(features.to(dtype), feature_lengths).last_hidden_state
+        # a frozen encoder needs no graph: no activations kept for backward
+        with torch.set_grad_enabled(torch.is_grad_enabled() and "encoder" not in self.frozen):
+            hidden = self.encoder(features.to(dtype), feature_lengths).last_hidden_state
         # zero the padded frames: the projector pads its last window with zeros, so this makes a
         # padded utterance's windows equal to those of the same utterance alone
         valid = lengths_to_mask(feature_lengths, hidden.shape[1])
@@ -399,15 +401,25 @@ def load_speech_llm(
     """(b) An existing GraniteSpeech checkpoint (folder or hub id) in the released layout.
 
     Merged weights load as they are. In the 3.3 layout (``adapter_config.json`` +
-    ``adapter_model.safetensors`` beside the model, ``has_lora_adapter: true``) the LoRA adapter is
-    loaded too; ``adapter`` names a separate adapter folder instead.
+    ``adapter_model.safetensors`` beside the model, ``has_lora_adapter: true``) transformers'
+    ``from_pretrained`` already loads the adapter from the same folder (wherever the folder has moved:
+    a local folder wins over the adapter config's ``base_model_name_or_path``); it is loaded here when
+    it did not. ``adapter`` names a separate adapter folder instead, for a folder without its own.
     """
     hf = GraniteSpeechForConditionalGeneration.from_pretrained(str(path), trust_remote_code=trust_remote_code)
-    adapter_dir = Path(adapter) if adapter else Path(path)
-    if not getattr(hf, "_hf_peft_config_loaded", False) and (adapter_dir / "adapter_config.json").exists():
-        hf.load_adapter(str(adapter_dir))
-    elif adapter and not (adapter_dir / "adapter_config.json").exists():
-        raise FileNotFoundError(f"no adapter_config.json in {adapter_dir}")
+    loaded = bool(getattr(hf, "_hf_peft_config_loaded", False))
+    if adapter is not None:
+        if not (Path(adapter) / "adapter_config.json").exists():
+            raise FileNotFoundError(f"no adapter_config.json in {adapter}")
+        if loaded:
+            raise ValueError(f"{path} has its own LoRA adapter (adapter_config.json); cannot add {adapter} too")
+        hf.load_adapter(str(adapter))
+    elif not loaded and (Path(path) / "adapter_config.json").exists():
+        hf.load_adapter(str(path))
+    has_lora = bool(getattr(hf, "_hf_peft_config_loaded", False))
+    if hf.config.has_lora_adapter and not has_lora:
+        log.warning("%s: config says has_lora_adapter but no adapter was found; using the weights alone", path)
+    hf.config.has_lora_adapter = has_lora
     tokenizer = _load_tokenizer(path, trust_remote_code)
     return SpeechLLM(hf, tokenizer, attn_impl=attn_impl)
 

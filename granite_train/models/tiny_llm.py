@@ -122,3 +122,47 @@ def build_tiny_llm(
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir
+
+
+def corpus_texts(path: str | Path, split: str = "train", column: str = "text") -> list[str]:
+    """Transcripts of a parquet corpus folder written by ``granite-tts`` (``<path>/<split>/*.parquet``)."""
+    import pyarrow.parquet as pq
+
+    files = sorted(Path(path).glob(f"{split}/**/*.parquet")) or sorted(Path(path).glob(f"**/{split}*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"no {split} parquet files under {path}")
+    texts: list[str] = []
+    for file in files:
+        texts += [t for t in pq.read_table(file, columns=[column]).column(column).to_pylist() if t]
+    return texts
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m granite_train.models.tiny_llm --corpus DIR --out DIR``: a local stand-in base LLM."""
+    import argparse
+
+    from granite_train.data.prompts import AST_INSTRUCTIONS, ASR_INSTRUCTIONS
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--corpus", action="append", default=[], help="parquet corpus folder (train split)")
+    parser.add_argument("--texts", action="append", default=[], help="text file, one sentence per line")
+    parser.add_argument("--preset", default="tiny", choices=sorted(LLM_PRESETS))
+    parser.add_argument("--vocab-size", type=int, default=1024)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    texts: list[str] = []
+    for corpus in args.corpus:
+        texts += corpus_texts(corpus)
+    for file in args.texts:
+        texts += [line.strip() for line in open(file, encoding="utf-8") if line.strip()]
+    if not texts:
+        parser.error("give at least one --corpus or --texts")
+    # the prompts are text the model always reads: let them tokenize compactly too
+    prompts = [f"USER: {i}\n ASSISTANT:" for i in ASR_INSTRUCTIONS + AST_INSTRUCTIONS]
+    out = build_tiny_llm(args.out, texts + prompts * 20, args.preset, args.vocab_size, args.seed)
+    print(f"[tiny-llm] {args.preset} Granite LLM + {args.vocab_size}-token BPE ({len(texts)} texts) -> {out}")
+
+
+if __name__ == "__main__":
+    main()

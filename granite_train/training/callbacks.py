@@ -104,7 +104,9 @@ def plot_curves(metrics_csv: str | Path, out_png: str | Path, title: str = "") -
     import matplotlib.pyplot as plt
 
     rows = read_metrics_csv(metrics_csv)
-    loss = [(r["step"], r["train/loss"]) for r in rows if "train/loss" in r and math.isfinite(r["train/loss"])]
+    loss = [
+        (r["step"], r["train/loss"]) for r in rows if "train/loss" in r and math.isfinite(r["train/loss"])
+    ]
     if not loss:
         return None
     cer = [(r["step"], 100 * r["val/cer"]) for r in rows if "val/cer" in r]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,24 +48,34 @@ _QUIET = [
 ]
 
 
-class CTCDataModule(L.LightningDataModule):
-    """Train and validation loaders of stage 1, built once the process knows its rank.
+class SpeechDataModule(L.LightningDataModule):
+    """Train and validation loaders of a stage, built once the process knows its rank.
 
     ``data`` holds ``train`` (a pipeline config, streamed endlessly), ``val`` (a pipeline config
     or null), ``num_workers`` and ``augment`` (``spec_augment`` / ``noise`` arguments or null).
     """
 
-    def __init__(self, data: Mapping[str, Any], seed: int, snapshot_every_n_batches: int = 1):
+    def __init__(
+        self,
+        data: Mapping[str, Any],
+        seed: int,
+        snapshot_every_n_batches: int = 1,
+        wrap_collator: Callable[[Collator, bool], Callable] | None = None,
+    ):
         super().__init__()
         self.data = data
         self.seed = seed
+        # stage 2 wraps the audio collator with prompt / target tokenization (train flag second)
+        self.wrap_collator = wrap_collator or (lambda collator, train: collator)
         # Loader workers ship their state (stream positions, buffered raw records: megabytes) with
         # every snapshot. Snapshots at checkpoint steps are all that resume needs; between them
         # StatefulDataLoader replays from the last snapshot, which is exact as well.
         self.snapshot_every_n_batches = max(1, int(snapshot_every_n_batches))
         self.train_config = build_pipeline_config({**data["train"], "seed": seed, "infinite": True})
         specs = self.train_config.sources
-        probs = mixture_probabilities([s.weight for s in specs], [s.size for s in specs], self.train_config.alpha)
+        probs = mixture_probabilities(
+            [s.weight for s in specs], [s.size for s in specs], self.train_config.alpha
+        )
         self.requested_mixture = {s.name: float(p) for s, p in zip(specs, probs)}
         log.info(
             "requested mixture (alpha %.2f): %s",
@@ -99,7 +109,7 @@ class CTCDataModule(L.LightningDataModule):
         return build_dataloader(
             pipeline,
             num_workers=int(self.data.get("num_workers", 0)),
-            collator=collator,
+            collator=self.wrap_collator(collator, True),
             snapshot_every_n_steps=self.snapshot_every_n_batches,
         )
 
@@ -109,7 +119,20 @@ class CTCDataModule(L.LightningDataModule):
         rank, world = self._rank_world()
         pipeline = SpeechDataPipeline(self.val_config, rank=rank, world_size=world)
         workers = min(int(self.data.get("num_workers", 0)), 1)
-        return build_dataloader(pipeline, num_workers=workers, collator=Collator(compute_features=True))
+        collator = self.wrap_collator(Collator(compute_features=True), False)
+        return build_dataloader(pipeline, num_workers=workers, collator=collator)
+
+
+def _export(cfg: Mapping[str, Any], module: L.LightningModule, output_dir: Path) -> Path:
+    """The final model as a transformers folder: ``encoder_hf/`` (stage 1) or ``speech_llm_hf/``."""
+    if cfg.get("stage") == "ctc":
+        from granite_train.models.export import export_hf_encoder
+
+        return export_hf_encoder(module.encoder, output_dir / "encoder_hf")
+    from granite_train.models.speech_export import export_speech_llm
+
+    merge = bool((cfg.get("export") or {}).get("merge_lora", True))
+    return export_speech_llm(module.model, output_dir / "speech_llm_hf", merge_lora=merge)
 
 
 @dataclass
@@ -132,7 +155,10 @@ def _wandb_logger(cfg: Mapping[str, Any], output_dir: Path, name: str):
         return None
     offline = mode == "offline" or (mode == "auto" and not os.environ.get("WANDB_API_KEY"))
     if offline:
-        log.info("wandb: offline (no WANDB_API_KEY); sync later with `wandb sync %s/wandb/offline-run-*`", output_dir)
+        log.info(
+            "wandb: offline (no WANDB_API_KEY); sync later with `wandb sync %s/wandb/offline-run-*`",
+            output_dir,
+        )
     return WandbLogger(
         name=name,
         project=cfg.get("project", "granite-train"),
@@ -169,12 +195,52 @@ def train(cfg: Mapping[str, Any], extra_callbacks: list[L.Callback] | None = Non
         torch.set_num_threads(threads)
 
 
-def _train(cfg: Mapping[str, Any], extra_callbacks: list[L.Callback]) -> TrainResult:
+def _build_stage(cfg: Mapping[str, Any], max_steps: int, seed: int, debug: Mapping[str, Any]):
+    """The stage's LightningModule and its collator wrapper (stage 2 adds prompts and targets)."""
     stage = cfg.get("stage")
-    if stage != "ctc":
-        raise ValueError(f"unknown stage {stage!r}; this build trains: ctc")
+    if stage == "ctc":
+        from granite_train.training.ctc_module import CTCPretrainModule
+
+        module = CTCPretrainModule(
+            model=dict(cfg["model"]),
+            optim=dict(cfg["optim"]),
+            total_steps=max_steps,
+            seed=seed,
+            val_normalizer=cfg.get("val_normalizer", "basic"),
+            fault_injection=debug.get("fault_injection"),
+        )
+        return module, None
+    if stage == "speech_llm":
+        from granite_train.data.prompts import PromptBuilder, PromptConfig, SpeechLLMCollator
+        from granite_train.training.speech_llm_module import SpeechLLMModule
+
+        val = dict(cfg.get("validation") or {})
+        module = SpeechLLMModule(
+            model=dict(cfg["model"]),
+            optim=dict(cfg["optim"]),
+            total_steps=max_steps,
+            seed=seed,
+            val_normalizer=cfg.get("val_normalizer", "auto"),
+            val_generate_batches=int(val.get("generate_batches", 4)),
+            max_new_tokens=int(val.get("max_new_tokens", 64)),
+            fault_injection=debug.get("fault_injection"),
+        )
+        speech = module.model
+        prompts = dict(cfg.get("prompts") or {})
+
+        def wrap(collator: Collator, train: bool) -> SpeechLLMCollator:
+            config = PromptConfig(**{**prompts, **({} if train else {"vary_instructions": False})})
+            builder = PromptBuilder(
+                speech.tokenizer, config, speech.config.window_size, speech.config.downsample_rate, seed=seed
+            )
+            return SpeechLLMCollator(builder, collator)
+
+        return module, wrap
+    raise ValueError(f"unknown stage {stage!r}; this build trains: ctc, speech_llm")
+
+
+def _train(cfg: Mapping[str, Any], extra_callbacks: list[L.Callback]) -> TrainResult:
     from granite_train.training.callbacks import RankWeights, SampleLog, merge_metrics, plot_curves
-    from granite_train.training.ctc_module import CTCPretrainModule
 
     output_dir = Path(cfg["output_dir"]).resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -193,16 +259,11 @@ def _train(cfg: Mapping[str, Any], extra_callbacks: list[L.Callback]) -> TrainRe
 
     max_steps = int(tcfg["max_steps"])
     accumulate = int(cfg["optim"].get("accumulate_grad_batches", 1))
-    module = CTCPretrainModule(
-        model=dict(cfg["model"]),
-        optim=dict(cfg["optim"]),
-        total_steps=max_steps,
-        seed=seed,
-        val_normalizer=cfg.get("val_normalizer", "basic"),
-        fault_injection=debug.get("fault_injection"),
-    )
+    module, wrap_collator = _build_stage(cfg, max_steps, seed, debug)
     every = int(tcfg.get("checkpoint_every_n_steps", 1000))
-    datamodule = CTCDataModule(cfg["data"], seed=seed, snapshot_every_n_batches=every * accumulate)
+    datamodule = SpeechDataModule(
+        cfg["data"], seed=seed, snapshot_every_n_batches=every * accumulate, wrap_collator=wrap_collator
+    )
 
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
@@ -228,7 +289,9 @@ def _train(cfg: Mapping[str, Any], extra_callbacks: list[L.Callback]) -> TrainRe
 
     # one CSV per launch (logs/version_N): Lightning's CSV logger truncates an existing file
     loggers: list = [CSVLogger(save_dir=str(output_dir), name="logs")]
-    wandb_logger = _wandb_logger(dict((cfg.get("logger") or {}).get("wandb") or {}), output_dir, str(cfg.get("name")))
+    wandb_logger = _wandb_logger(
+        dict((cfg.get("logger") or {}).get("wandb") or {}), output_dir, str(cfg.get("name"))
+    )
     if wandb_logger is not None:
         loggers.append(wandb_logger)
         callbacks.append(LearningRateMonitor(logging_interval="step"))
@@ -258,6 +321,10 @@ def _train(cfg: Mapping[str, Any], extra_callbacks: list[L.Callback]) -> TrainRe
     if trainer.is_global_zero:
         with open(output_dir / "config.yaml", "w") as f:
             yaml.safe_dump(dict(cfg), f, sort_keys=False)
+        if cfg.get("stage") == "speech_llm":  # tokenizer + processor: what export needs besides a ckpt
+            from granite_train.models.speech_export import save_processor
+
+            save_processor(module.model, output_dir / "processor")
     ckpt_path = _resume_path(cfg.get("resume", "auto"), ckpt_dir)
     if ckpt_path:
         log.info("resuming from %s", ckpt_path)
@@ -269,15 +336,15 @@ def _train(cfg: Mapping[str, Any], extra_callbacks: list[L.Callback]) -> TrainRe
     if trainer.is_global_zero:
         for logger in trainer.loggers:
             logger.save()
-        versions = sorted((output_dir / "logs").glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name[8:]))
+        versions = sorted(
+            (output_dir / "logs").glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name[8:])
+        )
         merged = merge_metrics(versions, output_dir / "metrics.csv")
         png = merged and plot_curves(merged, output_dir / "curves.png", title=str(cfg.get("name", "")))
         if png:
             log.info("loss / CER curves: %s", png)
     if trainer.is_global_zero and tcfg.get("export_hf", True):
-        from granite_train.models.export import export_hf_encoder
-
-        export_hf_encoder(module.encoder, output_dir / "encoder_hf")
+        _export(cfg, module, output_dir)
     last = ckpt_dir / "last.ckpt"
     return TrainResult(
         output_dir=output_dir,

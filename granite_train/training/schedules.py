@@ -39,7 +39,11 @@ class TriangularSchedule:
 
     @property
     def rise(self) -> int:
-        steps = self.warmup_steps if self.warmup_steps is not None else round(self.warmup_fraction * self.total_steps)
+        steps = (
+            self.warmup_steps
+            if self.warmup_steps is not None
+            else round(self.warmup_fraction * self.total_steps)
+        )
         return min(max(int(steps), 0), self.total_steps)
 
     def lr(self, step: int) -> float:
@@ -89,13 +93,17 @@ def build_schedule(name: str, total_steps: int, peak_lr: float, **kwargs):
     if unknown:
         raise ValueError(f"unknown LR schedule argument(s) {unknown}; known: {sorted(SCHEDULE_ARGS)}")
     if name == "triangular":
-        args = {k: kwargs[k] for k in ("start_lr", "end_lr", "warmup_fraction", "warmup_steps") if k in kwargs}
+        args = {
+            k: kwargs[k] for k in ("start_lr", "end_lr", "warmup_fraction", "warmup_steps") if k in kwargs
+        }
         return TriangularSchedule(total_steps=total_steps, peak_lr=peak_lr, **args)
     if name == "cosine":
         warmup = kwargs.get("warmup_steps")
         if warmup is None:
             warmup = round(float(kwargs.get("warmup_fraction", 0.0)) * total_steps)
-        return WarmupCosineSchedule(total_steps, peak_lr, end_lr=kwargs.get("end_lr", 0.0), warmup_steps=int(warmup))
+        return WarmupCosineSchedule(
+            total_steps, peak_lr, end_lr=kwargs.get("end_lr", 0.0), warmup_steps=int(warmup)
+        )
     if name == "constant":
         return ConstantSchedule()
     raise ValueError(f"unknown LR schedule {name!r}; known: triangular, cosine, constant")

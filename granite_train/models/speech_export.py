@@ -1,0 +1,552 @@
+"""Stage-2 export: a :class:`SpeechLLM` (or a stage-2 training checkpoint) as a transformers folder.
+
+The folder is what ``AutoModelForSpeechSeq2Seq.from_pretrained(dir)`` and
+``AutoProcessor.from_pretrained(dir)`` read, with nothing from granite-train installed:
+
+* ``config.json`` (``GraniteSpeechConfig``, ``architectures: [GraniteSpeechForConditionalGeneration]``,
+  ``has_lora_adapter``), ``generation_config.json`` and ``model.safetensors`` written by transformers'
+  own ``save_pretrained``, so the tensors are in the on-disk layout of the released checkpoints
+  (``encoder.*``, ``projector.*``, ``language_model.model.*``);
+* the tokenizer files, ``processor_config.json`` (``GraniteSpeechProcessor`` with its
+  ``GraniteSpeechFeatureExtractor``) and ``chat_template.jinja``;
+* ``README.md``, a short model card.
+
+LoRA, two layouts:
+
+* ``merge_lora=True``: ``W + B A * alpha / r`` folded into the LLM weights; ``has_lora_adapter: false``;
+* ``merge_lora=False``: the granite-speech-3.3 layout: the *base* weights in ``model.safetensors`` plus
+  ``adapter_config.json`` and ``adapter_model.safetensors`` in the same folder, ``has_lora_adapter:
+  true``. transformers (``maybe_load_adapters``) loads a local folder that holds both a ``config.json``
+  and an ``adapter_config.json`` as base + adapter from that folder, whatever the adapter config's
+  ``base_model_name_or_path`` says, so the folder can be moved or copied. For a hub repository that
+  field *is* followed: set it to the repository id (``base_model_name_or_path=``) before uploading.
+  ``GraniteSpeechForConditionalGeneration.generate`` switches the adapter on only when
+  ``input_features`` are passed (text-only prompts run the base LLM), as for the released 3.3 models.
+
+A stage-2 Lightning checkpoint (:func:`export_speech_checkpoint`) holds ``state_dict`` with the
+SpeechLLM under ``model.`` (``model.hf.<transformers key>``, LoRA keys as the PEFT integration names
+them) and ``ckpt["speech_llm"] = {"config": GraniteSpeechConfig.to_dict(), "lora": LoraConfig as a
+plain dict or None}`` (:func:`checkpoint_metadata` builds it). The tokenizer is not in the checkpoint:
+the training run writes it with :func:`save_processor` to ``<output_dir>/processor``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+from transformers import GraniteSpeechConfig, GraniteSpeechForConditionalGeneration
+
+from granite_train.models.speech_llm import SpeechLLM, _load_tokenizer
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "SpeechCheckpoint",
+    "SpeechExportError",
+    "build_processor",
+    "checkpoint_metadata",
+    "checkpoint_stage",
+    "export_speech_checkpoint",
+    "export_speech_llm",
+    "read_speech_checkpoint",
+    "save_processor",
+    "speech_llm_from_checkpoint",
+]
+
+ADAPTER_CONFIG_NAME = "adapter_config.json"
+ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
+CKPT_STATE_KEY = "state_dict"
+CKPT_META_KEY = "speech_llm"
+CKPT_ENCODER_KEY = "encoder_config"  # what marks a stage-1 checkpoint
+CKPT_PREFIX = "model.hf."
+# files of an earlier export that would change what a re-export into the same folder loads as
+_STALE_PATTERNS = (ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, "model.safetensors.index.json", "model-*.safetensors")
+# the released (transformers 4.x) key layout of the adapter, as in granite-speech-3.3
+_RELEASED_PREFIXES = (
+    ("model.language_model.", "language_model.model."),
+    ("model.encoder.", "encoder."),
+    ("model.projector.", "projector."),
+    ("lm_head.", "language_model.lm_head."),
+)
+
+
+class SpeechExportError(ValueError):
+    """A checkpoint, folder or model that cannot be exported (the message says why)."""
+
+
+# --------------------------------------------------------------------------------------------------
+# processor
+# --------------------------------------------------------------------------------------------------
+def build_processor(tokenizer, window_size: int = 15, downsample_rate: int = 5):
+    """transformers' ``GraniteSpeechProcessor`` for ``tokenizer``: features + ``<|audio|>`` expansion.
+
+    The feature extractor's window / downsample rate must be the projector's: they set how many
+    ``<|audio|>`` copies the processor writes per utterance.
+    """
+    from transformers import GraniteSpeechFeatureExtractor, GraniteSpeechProcessor
+
+    extractor = GraniteSpeechFeatureExtractor(
+        projector_window_size=int(window_size), projector_downsample_rate=int(downsample_rate)
+    )
+    return GraniteSpeechProcessor(extractor, tokenizer, chat_template=tokenizer.chat_template)
+
+
+def save_processor(speech_or_tokenizer: SpeechLLM | Any, out_dir: str | Path) -> Path:
+    """Write tokenizer + feature extractor + chat template (``AutoProcessor.from_pretrained`` reads it).
+
+    A :class:`SpeechLLM` gives its tokenizer and the projector's window / downsample rate; a bare
+    tokenizer gets the published 15 / 5.
+    """
+    if isinstance(speech_or_tokenizer, SpeechLLM):
+        config = speech_or_tokenizer.config
+        processor = build_processor(speech_or_tokenizer.tokenizer, config.window_size, config.downsample_rate)
+    else:
+        processor = build_processor(speech_or_tokenizer)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    processor.save_pretrained(str(out))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# state dicts
+# --------------------------------------------------------------------------------------------------
+def _is_lora_key(key: str) -> bool:
+    return ".lora_" in key
+
+
+def _lora_layers(hf: torch.nn.Module) -> dict[str, Any]:
+    from peft.tuners.lora import LoraLayer
+
+    return {name: module for name, module in hf.named_modules() if isinstance(module, LoraLayer)}
+
+
+def _adapter_name(hf: GraniteSpeechForConditionalGeneration) -> str:
+    names = list(getattr(hf, "peft_config", {}) or {})
+    if len(names) != 1:
+        raise SpeechExportError(f"expected exactly one LoRA adapter on the model, found {names}")
+    return names[0]
+
+
+def _base_state(hf: GraniteSpeechForConditionalGeneration, merge: bool) -> dict[str, torch.Tensor]:
+    """``hf``'s weights under transformers' own key names: LoRA dropped, or merged when ``merge``.
+
+    Merging here (new tensors for the LoRA targets only) leaves the training model untouched and
+    copies nothing else.
+    """
+    state = {
+        key.replace("_orig_mod.", "").replace(".base_layer.", "."): value.detach()
+        for key, value in hf.state_dict().items()
+        if not _is_lora_key(key)
+    }
+    if not merge:
+        return state
+    adapter = _adapter_name(hf)
+    with torch.no_grad():
+        for name, layer in _lora_layers(hf).items():
+            if adapter not in layer.lora_A:
+                continue
+            if layer.use_dora.get(adapter, False) or getattr(layer, "lora_bias", {}).get(adapter, False):
+                raise SpeechExportError(f"{name}: merging DoRA / LoRA-bias adapters is not supported")
+            key = f"{name}.weight".replace("_orig_mod.", "")
+            weight = state[key]
+            delta = layer.get_delta_weight(adapter).to(weight.device, torch.float32)
+            state[key] = (weight.float() + delta).to(weight.dtype)
+    return state
+
+
+def _released_key(key: str) -> str:
+    for new, old in _RELEASED_PREFIXES:
+        if key.startswith(new):
+            return old + key[len(new) :]
+    return key
+
+
+def _adapter_state(hf: GraniteSpeechForConditionalGeneration, dtype: torch.dtype | None) -> dict:
+    """The adapter tensors as PEFT saves them, in the released 3.3 key layout.
+
+    ``base_model.model.language_model.model.layers.N...q_proj.lora_A.weight``: what transformers 4.x
+    wrote for granite-speech-3.3; transformers 5 maps it onto its own layout when loading.
+    """
+    adapter = _adapter_name(hf)
+    state = hf.get_adapter_state_dict(adapter_name=adapter)
+    return {
+        f"base_model.model.{_released_key(k.replace('_orig_mod.', ''))}": (
+            v.detach().to("cpu", dtype if dtype is not None and v.is_floating_point() else v.dtype).contiguous()
+        )
+        for k, v in state.items()
+    }
+
+
+def _llm_dtype(state: Mapping[str, torch.Tensor]) -> torch.dtype:
+    """The dtype the exported model (one ``dtype`` in its config) is built in: the LLM's."""
+    embed = state.get("model.language_model.embed_tokens.weight")
+    if embed is not None:
+        return embed.dtype
+    floats = [v.dtype for v in state.values() if v.is_floating_point()]
+    return max(set(floats), key=floats.count) if floats else torch.float32
+
+
+def _as_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    value = getattr(torch, str(dtype).removeprefix("torch."), None)
+    if not isinstance(value, torch.dtype) or not value.is_floating_point:
+        raise SpeechExportError(f"unknown floating-point dtype {dtype!r} (e.g. float32, bfloat16)")
+    return value
+
+
+def _reference_model(
+    config: GraniteSpeechConfig, state: Mapping[str, torch.Tensor], dtype: torch.dtype
+) -> GraniteSpeechForConditionalGeneration:
+    """transformers' own ``GraniteSpeechForConditionalGeneration`` holding ``state`` (on CPU).
+
+    Loading through ``from_pretrained`` checks the keys and shapes against transformers' class (an
+    export that needs our code to load fails here, before anything is written), builds the model
+    without a random initialisation, and restores the non-persistent buffers (rotary frequencies).
+    """
+    model, info = GraniteSpeechForConditionalGeneration.from_pretrained(
+        None, config=copy.deepcopy(config), state_dict=dict(state), dtype=dtype, output_loading_info=True
+    )
+    problems = {k: sorted(info.get(k) or ())[:3] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+    if any(problems.values()):
+        raise SpeechExportError(
+            f"weights do not match transformers' GraniteSpeechForConditionalGeneration: {problems}"
+        )
+    model.name_or_path = ""  # not the string "None": PEFT would look that up on the hub
+    return model.eval()
+
+
+# --------------------------------------------------------------------------------------------------
+# export
+# --------------------------------------------------------------------------------------------------
+_CARD = """\
+---
+library_name: transformers
+pipeline_tag: automatic-speech-recognition
+tags:
+- granite-speech
+- speech-llm
+---
+
+# Granite-Speech model
+
+A Granite-Speech speech LLM trained with granite-train: a CTC conformer encoder, a windowed
+Q-Former projector ({audio_rate} audio tokens per second) and a Granite LLM, as
+`GraniteSpeechForConditionalGeneration`.
+
+| | |
+|---|---|
+| parameters | {num_params:,} |
+| encoder | {enc_layers} conformer layers x {enc_hidden} |
+| projector | Q-Former, window {window_size} frames -> {queries} queries |
+| LLM | {llm_type}, {llm_layers} layers x {llm_hidden}, vocabulary {vocab_size} |
+| LoRA | {lora} |
+| weights dtype | {dtype} |
+
+## Use with transformers
+
+```python
+import torch
+from transformers import AutoModelForSpeechSeq2Seq, AutoProcessor
+
+processor = AutoProcessor.from_pretrained("path/to/this/folder")
+model = AutoModelForSpeechSeq2Seq.from_pretrained("path/to/this/folder").eval()
+chat = [{{"role": "user", "content": "<|audio|>can you transcribe the speech into a written format?"}}]
+prompt = processor.tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+inputs = processor(prompt, waveform_16khz, return_tensors="pt")  # 1-D float tensor, 16 kHz mono
+with torch.no_grad():
+    out = model.generate(**inputs, max_new_tokens=200, do_sample=False, num_beams=1)
+print(processor.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
+```
+
+The processor writes one `<|audio|>` per audio token (`ceil(((n_samples // 160 + 1) // 2) / {window_size}) *
+{queries}`); the prompt holds a single `<|audio|>` where the audio goes.
+{adapter_note}"""
+
+_ADAPTER_NOTE = """
+The LoRA adapter is kept apart from the LLM weights (`adapter_config.json` +
+`adapter_model.safetensors`, the granite-speech-3.3 layout): `from_pretrained` on this folder loads
+both (needs `peft`), and `generate` enables the adapter only when audio (`input_features`) is passed.
+Uploaded to the hub, set `base_model_name_or_path` in `adapter_config.json` to the repository id.
+"""
+
+
+def _write_card(
+    out: Path, model: GraniteSpeechForConditionalGeneration, keep_adapter: bool, lora: Any | None
+) -> None:
+    config = model.config
+    text, enc = config.text_config, config.encoder_config
+    queries = config.window_size // config.downsample_rate
+    if lora is None:
+        lora_text = "none"
+    else:
+        targets = ", ".join(sorted(lora.target_modules))
+        how = "kept as a separate adapter" if keep_adapter else "merged into the LLM weights"
+        lora_text = f"rank {lora.r}, alpha {lora.lora_alpha} on {targets}; {how}"
+    (out / "README.md").write_text(
+        _CARD.format(
+            audio_rate=50 * queries / config.window_size,
+            num_params=sum(p.numel() for p in model.parameters()),
+            enc_layers=enc.num_layers,
+            enc_hidden=enc.hidden_dim,
+            window_size=config.window_size,
+            queries=queries,
+            llm_type=text.model_type,
+            llm_layers=text.num_hidden_layers,
+            llm_hidden=text.hidden_size,
+            vocab_size=text.vocab_size,
+            lora=lora_text,
+            dtype=str(model.dtype).removeprefix("torch."),
+            adapter_note=_ADAPTER_NOTE if keep_adapter else "",
+        )
+    )
+
+
+def _remove_stale(out: Path) -> None:
+    for pattern in _STALE_PATTERNS:
+        for path in out.glob(pattern):
+            path.unlink()
+
+
+def _save_adapter(
+    hf: GraniteSpeechForConditionalGeneration, out: Path, dtype: torch.dtype | None, base_model_name_or_path: str
+) -> None:
+    config = copy.deepcopy(hf.peft_config[_adapter_name(hf)])
+    config.base_model_name_or_path = base_model_name_or_path
+    config.inference_mode = True
+    config.save_pretrained(str(out))
+    save_file(_adapter_state(hf, dtype), str(out / ADAPTER_WEIGHTS_NAME), metadata={"format": "pt"})
+
+
+def export_speech_llm(
+    speech: SpeechLLM,
+    out_dir: str | Path,
+    merge_lora: bool = True,
+    dtype: torch.dtype | str | None = None,
+    base_model_name_or_path: str | None = None,
+) -> Path:
+    """Write ``speech`` as a transformers GraniteSpeech folder (module docstring); returns the folder.
+
+    Args:
+        speech: the model; it is not modified (LoRA is merged into new tensors, not in place).
+        out_dir: folder to write (created; files of an earlier export there are replaced).
+        merge_lora: fold the LoRA adapter into the LLM weights; ``False`` keeps it as a separate
+            adapter next to the base weights (``has_lora_adapter: true``). No effect without LoRA.
+        dtype: weights dtype of the export (``"bfloat16"``, ...); default: the LLM's current dtype.
+        base_model_name_or_path: written into ``adapter_config.json`` (kept adapter only); default
+            the folder's name. Only a hub upload reads it: set it to the repository id.
+    """
+    out = Path(out_dir)
+    hf = speech.hf
+    keep_adapter = speech.has_lora and not merge_lora
+    state = _base_state(hf, merge=speech.has_lora and merge_lora)
+    target_dtype = _as_dtype(dtype) or _llm_dtype(state)
+    config = copy.deepcopy(speech.config)
+    config.has_lora_adapter = keep_adapter
+    model = _reference_model(config, state, target_dtype)
+    model.generation_config = copy.deepcopy(hf.generation_config)
+    tokenizer = speech.tokenizer
+    for field in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        if getattr(model.generation_config, field, None) is None:
+            setattr(model.generation_config, field, getattr(tokenizer, field))
+
+    out.mkdir(parents=True, exist_ok=True)
+    _remove_stale(out)
+    model.save_pretrained(str(out))
+    lora = hf.peft_config[_adapter_name(hf)] if speech.has_lora else None
+    if keep_adapter:
+        _save_adapter(hf, out, _as_dtype(dtype), base_model_name_or_path or out.resolve().name)
+    save_processor(speech, out)
+    _write_card(out, model, keep_adapter, lora)
+    log.info(
+        "exported speech LLM (%s) to %s",
+        "LoRA kept as adapter" if keep_adapter else "LoRA merged" if lora is not None else "no LoRA",
+        out,
+    )
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# stage-2 training checkpoints
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class SpeechCheckpoint:
+    config: dict[str, Any]  # GraniteSpeechConfig.to_dict()
+    lora: dict[str, Any] | None  # LoraConfig fields
+    state: dict[str, torch.Tensor]  # SpeechLLM.hf state dict (LoRA keys included)
+
+
+def _plain(value: Any) -> Any:
+    """JSON types only: what ``torch.load(weights_only=True)`` reads back (no sets, enums, dataclasses)."""
+    return json.loads(json.dumps(value, default=lambda v: sorted(v) if isinstance(v, set | frozenset) else str(v)))
+
+
+def checkpoint_metadata(speech: SpeechLLM) -> dict[str, Any]:
+    """``ckpt["speech_llm"]`` for a training checkpoint: the config and LoRA settings as plain data.
+
+    ``LoraConfig.to_dict()`` holds a ``set`` and a ``PeftType`` enum, which
+    ``torch.load(weights_only=True)`` refuses; this is the same content in JSON types.
+    """
+    lora = speech.hf.peft_config[_adapter_name(speech.hf)].to_dict() if speech.has_lora else None
+    return {"config": _plain(speech.config.to_dict()), "lora": None if lora is None else _plain(lora)}
+
+
+def _torch_load(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # mmap needs the zip format: retry for legacy files
+        pass
+    except Exception as err:
+        raise SpeechExportError(
+            f"{path}: cannot be read with torch.load(weights_only=True) ({type(err).__name__}: {err}); "
+            "a checkpoint must hold tensors and plain containers only"
+        ) from err
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise SpeechExportError(
+            f"{path}: cannot be read with torch.load(weights_only=True) ({type(err).__name__}: {err})"
+        ) from err
+
+
+def checkpoint_stage(path: str | Path) -> int:
+    """1 for a stage-1 encoder checkpoint or folder, 2 for a stage-2 speech-LLM checkpoint.
+
+    Folders are stage 1 (an exported encoder, re-exported); a file is stage 2 when it has
+    ``ckpt["speech_llm"]``. Unreadable files raise :class:`SpeechExportError`.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    if path.is_dir():
+        return 1
+    ckpt = _torch_load(path)
+    return 2 if isinstance(ckpt, Mapping) and CKPT_META_KEY in ckpt else 1
+
+
+def read_speech_checkpoint(path: str | Path) -> SpeechCheckpoint:
+    """Config, LoRA settings and SpeechLLM state dict (``model.hf.`` removed) of a stage-2 checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint file at {path}")
+    ckpt = _torch_load(path)
+    if not isinstance(ckpt, Mapping):
+        raise SpeechExportError(f"{path}: expected a checkpoint dict, got {type(ckpt).__name__}")
+    if CKPT_META_KEY not in ckpt:
+        if CKPT_ENCODER_KEY in ckpt:
+            raise SpeechExportError(
+                f"{path}: a stage-1 (CTC encoder) checkpoint, not a speech LLM; export it with "
+                "granite_train.models.export.export_checkpoint (`granite-train export` picks it itself)"
+            )
+        raise SpeechExportError(
+            f"{path}: not a stage-2 checkpoint, no ckpt[{CKPT_META_KEY!r}] (has {sorted(map(str, ckpt))[:10]})"
+        )
+    meta = ckpt[CKPT_META_KEY]
+    if not isinstance(meta, Mapping) or not isinstance(meta.get("config"), Mapping):
+        raise SpeechExportError(f"{path}: ckpt[{CKPT_META_KEY!r}] must be {{'config': dict, 'lora': dict | None}}")
+    lora = meta.get("lora")
+    if lora is not None and not isinstance(lora, Mapping):
+        raise SpeechExportError(f"{path}: ckpt[{CKPT_META_KEY!r}]['lora'] must be a dict or None")
+    raw = ckpt.get(CKPT_STATE_KEY)
+    if not isinstance(raw, Mapping):
+        raise SpeechExportError(f"{path}: no ckpt[{CKPT_STATE_KEY!r}] dict")
+    state = {
+        k.replace("_orig_mod.", "")[len(CKPT_PREFIX) :]: v
+        for k, v in raw.items()
+        if k.replace("_orig_mod.", "").startswith(CKPT_PREFIX)
+    }
+    if not state:
+        raise SpeechExportError(f"{path}: no {CKPT_PREFIX!r} keys in ckpt[{CKPT_STATE_KEY!r}] (first: {sorted(raw)[:5]})")
+    return SpeechCheckpoint(config=dict(meta["config"]), lora=None if lora is None else dict(lora), state=state)
+
+
+def _processor_dir(checkpoint: Path, processor_dir: str | Path | None) -> Path:
+    """``processor_dir``, or the run's ``processor/`` folder: ``<ckpt dir>/../processor`` (or beside it)."""
+    if processor_dir is not None:
+        candidates = [Path(processor_dir)]
+    else:
+        candidates = [checkpoint.parent.parent / "processor", checkpoint.parent / "processor"]
+    for folder in candidates:
+        if (folder / "tokenizer_config.json").is_file() or (folder / "tokenizer.json").is_file():
+            return folder
+    raise SpeechExportError(
+        f"no tokenizer / processor at {' or '.join(map(str, candidates))}: the training run writes it to "
+        "<output_dir>/processor; pass processor_dir= (any folder with the run's tokenizer files)"
+    )
+
+
+def _lora_config(values: Mapping[str, Any]):
+    from peft import PeftConfig
+
+    values = dict(values)
+    values.pop("peft_type", None)
+    values["inference_mode"] = False
+    return PeftConfig.from_peft_type(peft_type="LORA", **values)
+
+
+def _attach_lora(hf: GraniteSpeechForConditionalGeneration, lora: Mapping[str, Any], state: Mapping, where: str):
+    """Add the checkpoint's adapter to ``hf`` and load its tensors (every LoRA key, none left over)."""
+    lora_state = {k: v for k, v in state.items() if _is_lora_key(k)}
+    names = {k.split(".lora_A.")[1].split(".")[0] for k in lora_state if ".lora_A." in k} or {"default"}
+    if len(names) != 1:
+        raise SpeechExportError(f"{where}: more than one LoRA adapter in the state dict: {sorted(names)}")
+    hf.add_adapter(_lora_config(lora), adapter_name=names.pop())
+    expected = {k for k in hf.state_dict() if _is_lora_key(k)}
+    if set(lora_state) != expected:
+        missing, unexpected = sorted(expected - set(lora_state)), sorted(set(lora_state) - expected)
+        raise SpeechExportError(
+            f"{where}: LoRA tensors do not match ckpt['speech_llm']['lora']: "
+            f"missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
+    hf.load_state_dict(lora_state, strict=False)
+    hf.config.has_lora_adapter = True
+
+
+def speech_llm_from_checkpoint(checkpoint: str | Path, processor_dir: str | Path | None = None) -> SpeechLLM:
+    """The :class:`SpeechLLM` of a stage-2 checkpoint (LoRA attached, not merged), on CPU, eval mode."""
+    checkpoint = Path(checkpoint)
+    ckpt = read_speech_checkpoint(checkpoint)
+    tokenizer = _load_tokenizer(_processor_dir(checkpoint, processor_dir))
+    try:
+        config = GraniteSpeechConfig.from_dict(ckpt.config)
+    except Exception as err:
+        raise SpeechExportError(f"{checkpoint}: ckpt['speech_llm']['config'] is not a GraniteSpeechConfig: {err}") from err
+    base = {k.replace(".base_layer.", "."): v for k, v in ckpt.state.items() if not _is_lora_key(k)}
+    config.has_lora_adapter = False
+    try:
+        hf = _reference_model(config, base, _llm_dtype(base))
+    except SpeechExportError as err:
+        raise SpeechExportError(f"{checkpoint}: {err}") from err
+    if ckpt.lora is not None:
+        _attach_lora(hf, ckpt.lora, ckpt.state, str(checkpoint))
+    elif any(_is_lora_key(k) for k in ckpt.state):
+        raise SpeechExportError(f"{checkpoint}: LoRA tensors in the state dict but ckpt['speech_llm']['lora'] is None")
+    return SpeechLLM(hf, tokenizer).eval()
+
+
+def export_speech_checkpoint(
+    checkpoint: str | Path,
+    out_dir: str | Path | None = None,
+    merge_lora: bool = True,
+    processor_dir: str | Path | None = None,
+    dtype: torch.dtype | str | None = None,
+) -> Path:
+    """Export a stage-2 training checkpoint as a transformers folder (:func:`export_speech_llm`).
+
+    ``out_dir`` defaults to ``<checkpoint without suffix>-hf`` next to the checkpoint; the tokenizer
+    comes from ``processor_dir`` (default: the run's ``processor/`` folder, ``<ckpt dir>/../processor``).
+    """
+    checkpoint = Path(checkpoint)
+    speech = speech_llm_from_checkpoint(checkpoint, processor_dir)
+    if out_dir is None:
+        out_dir = checkpoint.with_name(checkpoint.stem + "-hf")
+    return export_speech_llm(speech, out_dir, merge_lora=merge_lora, dtype=dtype)

@@ -1,0 +1,151 @@
+"""Stage 2 as a LightningModule: projector (+ LoRA, optionally LLM / encoder) on a frozen encoder.
+
+The model is :class:`~granite_train.models.speech_llm.SpeechLLM` (transformers'
+``GraniteSpeechForConditionalGeneration``); the loss is next-token cross-entropy on the target
+tokens only (labels -100 on prompt, audio and padding). Validation reports the teacher-forced loss
+and token accuracy on every batch, and greedy-decoding WER / CER on the first
+``val_generate_batches`` batches (generation is the costly part).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import torch
+
+from granite_train.eval.metrics import error_rates
+from granite_train.models.speech_llm import build_speech_llm, format_counts
+from granite_train.training.step_module import StepSkippingModule
+
+log = logging.getLogger(__name__)
+
+SPEECH_LLM_KEY = "speech_llm"
+
+
+def _json_safe(value: Any) -> Any:
+    return json.loads(
+        json.dumps(value, default=lambda v: sorted(v) if isinstance(v, (set, frozenset)) else str(v))
+    )
+
+
+class SpeechLLMModule(StepSkippingModule):
+    """Joint projector + LoRA training of :class:`SpeechLLM`.
+
+    Args:
+        model: a ``configs/model/speech_llm_*.yaml`` mapping (see :func:`build_speech_llm`).
+        optim, total_steps, seed, fault_injection: see :class:`StepSkippingModule`.
+        val_normalizer: normalizer of the validation WER (``auto``: Whisper English for en).
+        val_generate_batches: validation batches decoded with greedy generation (0: loss only).
+        max_new_tokens: generation length limit in validation.
+    """
+
+    def __init__(
+        self,
+        model: dict[str, Any],
+        optim: dict[str, Any],
+        total_steps: int,
+        seed: int = 0,
+        val_normalizer: str = "auto",
+        val_generate_batches: int = 4,
+        max_new_tokens: int = 64,
+        fault_injection: dict[str, Any] | None = None,
+    ):
+        super().__init__(optim, total_steps, seed=seed, fault_injection=fault_injection)
+        self.save_hyperparameters()
+        self.model = build_speech_llm(model)
+        self.param_counts = self.model.parameter_counts()
+        log.info("%s", format_counts(self.param_counts))
+        self.val_normalizer = val_normalizer
+        self.val_generate_batches = int(val_generate_batches)
+        self.max_new_tokens = int(max_new_tokens)
+        self._val: dict[str, list] = {}
+
+    @property
+    def tokenizer(self):
+        return self.model.tokenizer
+
+    def on_fit_start(self) -> None:
+        if self.trainer.is_global_zero:
+            print(f"[stage 2] {format_counts(self.param_counts)}", flush=True)
+
+    def compute_loss(self, batch):
+        out = self.model(
+            batch.input_ids, batch.attention_mask, batch.features, batch.feature_lengths, batch.labels
+        )
+        self.counters["target_tokens"] += out.num_tokens
+        return out.loss, {"token_acc": out.num_correct / out.num_tokens}
+
+    # ------------------------------------------------------------------------------------------
+    # validation
+    # ------------------------------------------------------------------------------------------
+    def on_validation_epoch_start(self) -> None:
+        self._val = {"loss": [], "refs": [], "hyps": [], "langs": []}
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        # No collectives here: ranks may hold different numbers of validation batches.
+        out = self.model(
+            batch.input_ids, batch.attention_mask, batch.features, batch.feature_lengths, batch.labels
+        )
+        self._val["loss"].append((float(out.loss) * out.num_tokens, out.num_correct, out.num_tokens))
+        if batch_idx >= self.val_generate_batches:
+            return
+        generated = self.model.generate(
+            batch.prompt_ids,
+            batch.prompt_mask,
+            batch.features,
+            batch.feature_lengths,
+            max_new_tokens=self.max_new_tokens,
+        )
+        self._val["hyps"] += [
+            t.strip() for t in self.tokenizer.batch_decode(generated, skip_special_tokens=True)
+        ]
+        self._val["refs"] += [t or "" for t in batch.texts]
+        self._val["langs"] += [t or lang for t, lang in zip(batch.target_languages, batch.languages)]
+
+    def on_validation_epoch_end(self) -> None:
+        val = self._val
+        if self.trainer.world_size > 1:
+            gathered: list = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(gathered, val)
+            val = {k: [x for part in gathered for x in part[k]] for k in val}
+        if val["loss"]:
+            total, correct, count = map(sum, zip(*val["loss"]))
+            self.log("val/loss", total / count, rank_zero_only=True)
+            self.log("val/token_acc", correct / count, rank_zero_only=True)
+        if not val["refs"]:
+            return
+        language = max(set(val["langs"]), key=val["langs"].count) if val["langs"] else None
+        normalizer = self.val_normalizer
+        if normalizer == "auto":
+            normalizer = "whisper_english" if language in (None, "en") else "basic"
+        scores = error_rates(val["refs"], val["hyps"], normalizer=normalizer, language=language or "en")
+        if scores["wer"] is not None:
+            self.log("val/wer", scores["wer"], prog_bar=True, rank_zero_only=True)
+        if scores["cer"] is not None:
+            self.log("val/cer", scores["cer"], rank_zero_only=True)
+        log.info(
+            "step %d: val WER %.4f CER %.4f on %d utterances (e.g. %r -> %r)",
+            self.global_step,
+            scores["wer"] or 0,
+            scores["cer"] or 0,
+            len(val["refs"]),
+            val["refs"][0],
+            val["hyps"][0],
+        )
+        self.log_mixture()
+
+    # ------------------------------------------------------------------------------------------
+    # checkpoints
+    # ------------------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        hf = self.model.hf
+        lora = None
+        if self.model.has_lora:
+            lora = _json_safe(hf.peft_config[next(iter(hf.peft_config))].to_dict())
+        checkpoint[SPEECH_LLM_KEY] = {"config": _json_safe(hf.config.to_dict()), "lora": lora}
+
+
+__all__ = ["SPEECH_LLM_KEY", "SpeechLLMModule"]

@@ -1,0 +1,204 @@
+"""What every stage's LightningModule shares: manual optimization with non-finite step skipping.
+
+Optimization is manual so that a step can be skipped cleanly: gradients are clipped, and when the
+loss (on any rank) or the gradient norm is not finite the optimizer and scheduler do not step and
+``nonfinite_steps`` is counted. A skipped step is not a step: ``max_steps`` counts applied updates.
+
+``training_step`` takes the ``dataloader_iter`` and fetches its own batch. Lightning's default
+fetcher reads one batch ahead, so a checkpoint would record that batch as consumed and a resumed run
+would skip it; fetching inside the step keeps the loader state of a checkpoint exact.
+
+Dropout draws from a generator seeded by ``(seed, rank, optimizer step, micro-batch)``, so a resumed
+run makes the same draws as an uninterrupted one whatever else touched the global RNG.
+
+Subclasses implement :meth:`compute_loss`; run counters (utterances, audio seconds, skipped
+records per reason, examples per source, non-finite steps, and the subclass's own) are saved in
+checkpoints, so a resumed run reports what an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import zlib
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import lightning as L
+import torch
+
+from granite_train.training.schedules import build_schedule
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_KEY = "granite_train"
+
+
+class StepSkippingModule(L.LightningModule):
+    """Base of the stage modules (see the module docstring).
+
+    Args:
+        optim: ``{lr, weight_decay, betas, eps, grad_clip, accumulate_grad_batches,
+            schedule: {name, ...schedule arguments}}`` (see :mod:`granite_train.training.schedules`).
+        total_steps: optimizer steps of the run (the LR schedule's length).
+        seed: base seed of the dropout draws.
+        fault_injection: test hook: ``{"nan_loss_at_steps": [..]}`` makes those steps' loss NaN.
+    """
+
+    def __init__(
+        self,
+        optim: dict[str, Any],
+        total_steps: int,
+        seed: int = 0,
+        fault_injection: dict[str, Any] | None = None,
+    ):
+        super().__init__()
+        self.automatic_optimization = False
+        self.optim_cfg = dict(optim)
+        self.accumulate = int(self.optim_cfg.get("accumulate_grad_batches", 1))
+        if self.accumulate < 1:
+            raise ValueError("optim.accumulate_grad_batches must be >= 1")
+        self.total_steps = int(total_steps)
+        self.seed = int(seed)
+        self.nan_steps = set((fault_injection or {}).get("nan_loss_at_steps", []))
+        self.counters: Counter[str] = Counter()
+        self._micro = 0  # micro-batches accumulated since the last optimizer step
+        self.last_batch_ids: list[str] | None = None
+        self.last_batch_step = 0
+
+    # ------------------------------------------------------------------------------------------
+    # what a stage defines
+    # ------------------------------------------------------------------------------------------
+    def compute_loss(self, batch) -> tuple[torch.Tensor, dict[str, float | torch.Tensor]]:
+        """The loss of one training micro-batch and extra values to log (``train/<name>``)."""
+        raise NotImplementedError
+
+    def trainable_parameters(self) -> Iterable[tuple[str, torch.nn.Parameter]]:
+        return ((n, p) for n, p in self.named_parameters() if p.requires_grad)
+
+    # ------------------------------------------------------------------------------------------
+    # optimizer
+    # ------------------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        cfg = self.optim_cfg
+        decay, no_decay = [], []
+        for name, param in self.trainable_parameters():
+            # biases, norm scales and the projector's learned queries are not decayed
+            (no_decay if param.ndim < 2 or name.endswith(".query") else decay).append(param)
+        if not decay and not no_decay:
+            raise ValueError("nothing to train: every parameter is frozen")
+        groups = [
+            {"params": decay, "weight_decay": float(cfg.get("weight_decay", 0.01))},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        optimizer = torch.optim.AdamW(
+            [g for g in groups if g["params"]],
+            lr=float(cfg["lr"]),
+            betas=tuple(cfg.get("betas", (0.9, 0.98))),
+            eps=float(cfg.get("eps", 1e-8)),
+        )
+        schedule_cfg = dict(cfg.get("schedule") or {"name": "constant"})
+        schedule = build_schedule(
+            schedule_cfg.pop("name"), self.total_steps, float(cfg["lr"]), **schedule_cfg
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------------------------------
+    # training
+    # ------------------------------------------------------------------------------------------
+    @contextmanager
+    def dropout_rng(self):
+        key = f"{self.seed}/{self.global_rank}/{self.global_step}/{self._micro}".encode()
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices, device_type=self.device.type):
+            torch.manual_seed(zlib.crc32(key))
+            yield
+
+    def training_step(self, dataloader_iter: Iterator) -> None:
+        batch, _, _ = next(dataloader_iter)  # StopIteration ends the epoch (finite data)
+        batch = batch.to(self.device)
+        self.last_batch_ids, self.last_batch_step = batch.ids, self.global_step  # for SampleLog
+        with self.dropout_rng():
+            loss, extra = self.compute_loss(batch)
+        if self.global_step in self.nan_steps and self._micro == 0:
+            self.nan_steps.discard(self.global_step)  # once: the retried step must succeed
+            loss = loss * float("nan")
+        self.manual_backward(loss / self.accumulate)
+
+        self._micro += 1
+        self.counters["utterances"] += len(batch)
+        self.counters["audio_seconds"] += float(batch.waveform_lengths.sum()) / 16000.0
+        for reason, n in batch.skipped.items():
+            self.counters[f"skipped/{reason}"] += n
+        for source in batch.sources:  # what the mixture really served, per source
+            self.counters[f"seen/{source}"] += 1
+        loss_ok = torch.isfinite(loss.detach()).float()
+        self._loss_ok = loss_ok if self._micro == 1 else torch.minimum(self._loss_ok, loss_ok)
+
+        bsz = len(batch)
+        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=bsz)
+        for name, value in extra.items():
+            self.log(f"train/{name}", value, batch_size=bsz)
+        self.log("train/batch_utts", float(bsz), batch_size=bsz)
+        self.log("train/padding", batch.padding_ratio, batch_size=bsz)
+        if self._micro < self.accumulate:
+            return
+        self._optimizer_step(bsz)
+
+    def _optimizer_step(self, bsz: int) -> None:
+        self._micro = 0
+        optimizer = self.optimizers()
+        scheduler = self.lr_schedulers()
+        clip = self.optim_cfg.get("grad_clip")
+        params = [p for p in self.parameters() if p.grad is not None]
+        max_norm = float(clip) if clip else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm) if params else torch.zeros(())
+        # every rank must take the same decision: the gradients are already all-reduced, the
+        # per-rank loss flags are reduced here
+        loss_ok = self.trainer.strategy.reduce(self._loss_ok.to(self.device), reduce_op="min")
+        if bool(loss_ok) and bool(torch.isfinite(grad_norm)):
+            optimizer.step()
+            scheduler.step()
+        else:
+            self.counters["nonfinite_steps"] += 1
+            log.warning(
+                "non-finite loss or gradient at step %d: optimizer step skipped (%d so far)",
+                self.global_step,
+                self.counters["nonfinite_steps"],
+            )
+        optimizer.zero_grad(set_to_none=True)
+
+        self.log("train/grad_norm", grad_norm.float(), batch_size=bsz)
+        self.log("train/lr", scheduler.get_last_lr()[0], prog_bar=True, batch_size=bsz)
+        self.log("train/nonfinite_steps", float(self.counters["nonfinite_steps"]), batch_size=bsz)
+        self.log("train/audio_hours", self.counters["audio_seconds"] / 3600.0, batch_size=bsz)
+        self.log_counters(bsz)
+
+    def log_counters(self, bsz: int) -> None:
+        for key, value in self.counters.items():
+            if key.startswith(("seen/", "skipped/")):
+                self.log(f"data/{key}", float(value), batch_size=bsz)
+
+    def log_mixture(self) -> None:
+        seen = {k[5:]: v for k, v in self.counters.items() if k.startswith("seen/")}
+        total = sum(seen.values())
+        if total and self.trainer.is_global_zero:
+            shares = ", ".join(f"{name} {n} ({100 * n / total:.1f}%)" for name, n in sorted(seen.items()))
+            log.info("examples seen per source on rank 0 so far: %s", shares)
+
+    # ------------------------------------------------------------------------------------------
+    # checkpoints
+    # ------------------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CHECKPOINT_KEY] = {"counters": dict(self.counters), "micro": self._micro}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get(CHECKPOINT_KEY) or {}
+        self.counters = Counter(state.get("counters", {}))
+        self._micro = int(state.get("micro", 0))
+
+
+__all__ = ["CHECKPOINT_KEY", "StepSkippingModule"]

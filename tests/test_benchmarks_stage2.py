@@ -1,0 +1,55 @@
+"""benchmarks/stage2_step.py: ours and the transformers reference agree, and the step / dry-run paths run."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "stage2_step.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("stage2_step", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop(spec.name, None)
+
+
+def _micro(bench):
+    llm = dict(
+        vocab_size=257,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        logits_scaling=8.0,
+        tie_word_embeddings=True,
+    )
+    encoder = dict(preset="tiny", num_layers=2, hidden_dim=64, num_heads=2, dim_head=32)
+    return bench.Size(encoder, "tiny", llm, batch=2, seconds=2.0, dtype="fp32")
+
+
+def test_losses_agree_and_interleaved_step_runs(bench, monkeypatch):
+    monkeypatch.setitem(bench.SIZES, "micro", _micro(bench))
+    # run(), not main(): main() also changes glibc's malloc thresholds for the whole process
+    args = bench.parse_args(["--steps", "1", "--warmup", "0", "--lora-rank", "8", "--optimizer"])
+    result = bench.run("micro", args)
+    assert result["loss_diff"] < 1e-4
+    assert result["seq_len"] == 20 + 21 + 7  # prompt + audio tokens of 2 s + target
+    assert result["time_ours"] > 0 and result["time_ref"] > 0
+    assert result["peak_ours"] >= 0 and result["peak_ref"] >= 0
+
+
+def test_full_size_dry_run_builds_on_meta(bench):
+    result = bench.run("full", bench.parse_args(["--dry-run"]))
+    assert 1.5e9 < result["params"] < 2.2e9
+    assert result["seq_len"] == 20 + 300 + 100  # 32 x 30 s: 300 audio tokens, ~100 target tokens
+    assert "loss_diff" not in result  # nothing computed on `meta`
