@@ -38,6 +38,15 @@ def data_report(cfg: DictConfig) -> None:
 
 
 def demo(cfg: DictConfig) -> None:
+    """End to end on CPU: corpus -> stage 1 -> stage 2 -> export -> transformers reload -> results."""
+    from granite_train.demo import run_demo
+
+    table = run_demo(_container(cfg))
+    print("\n" + table)
+    print(f"\nresults in {cfg.demo.work_dir}/results.md")
+
+
+def data_demo(cfg: DictConfig) -> None:
     """Generate the multilingual synthetic corpus, then report on the pipeline over it."""
     from granite_train.data.tasks import generate_demo_corpus, run_data_report
 
@@ -58,12 +67,38 @@ def train(cfg: DictConfig) -> None:
 
 
 def evaluate(cfg: DictConfig) -> None:
-    """Decode test sets with greedy CTC; report WER, CER and RTFx (JSON + markdown)."""
+    """Decode test sets (greedy CTC for an encoder, generation for a speech LLM folder); report
+    WER / CER (BLEU for AST, B-WER / U-WER for keyword sets) and RTFx (JSON + markdown)."""
     from hydra.core.hydra_config import HydraConfig
 
+    from granite_train.eval.generate import is_speech_llm_folder, run_generate_eval
     from granite_train.eval.run import run_eval
 
     output_dir = cfg.output_dir or HydraConfig.get().runtime.output_dir
+    decoding = cfg.get("decoding", "auto")
+    if decoding not in ("auto", "ctc", "generate"):
+        raise ValueError(f"decoding must be auto, ctc or generate, got {decoding!r}")
+    if decoding == "generate" or (decoding == "auto" and is_speech_llm_folder(cfg.model_path)):
+        _, table = run_generate_eval(
+            cfg.model_path,
+            _container(cfg.datasets),
+            output_dir,
+            device=cfg.device,
+            dtype=cfg.dtype,
+            attn_impl=cfg.attn_impl,
+            max_frames=cfg.max_frames,
+            max_duration=cfg.max_duration,
+            batch_size=cfg.get("batch_size"),
+            num_beams=cfg.get("num_beams", 1),
+            max_new_tokens=cfg.get("max_new_tokens", 200),
+            normalizer=cfg.get("generate_normalizer", "auto"),
+            keywords_in_prompt=cfg.get("keywords_in_prompt", True),
+            num_workers=cfg.num_workers,
+            write_hypotheses=cfg.hypotheses,
+        )
+        print(table, end="")
+        print(f"results in {output_dir}")
+        return
     _, table = run_eval(
         cfg.model_path,
         _container(cfg.datasets),
@@ -105,6 +140,7 @@ def export(cfg: DictConfig) -> None:
 
 COMMANDS: dict[str, tuple[str, Callable[[DictConfig], None]]] = {
     "demo": ("demo", demo),
+    "data-demo": ("data_demo", data_demo),
     "data-report": ("data_report", data_report),
     "eval": ("eval", evaluate),
     "export": ("export", export),

@@ -10,7 +10,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from granite_train.cli import COMMANDS, CONFIG_DIR
+from granite_train.cli import COMMANDS, CONFIG_DIR, available_recipes, load_recipe
 from granite_train.data.builders import build_pipeline_config
 
 DATA_CONFIGS = sorted(p.stem for p in (CONFIG_DIR / "data").glob("*.yaml"))
@@ -65,3 +65,15 @@ def test_cli_data_report_on_real_speech(fsdd_dir, tmp_path):
     assert out.returncode == 0, out.stderr
     assert "== data pipeline report ==" in out.stdout
     assert "fixed_resampled" in out.stdout  # FSDD is 8 kHz
+
+
+@pytest.mark.parametrize("recipe", available_recipes())
+def test_every_recipe_composes_with_a_known_stage(recipe):
+    cfg = load_recipe(recipe)
+    assert cfg["stage"] in ("ctc", "speech_llm")
+    assert cfg["name"] == recipe
+    for group in ("model", "data", "optim", "trainer"):
+        assert cfg[group], f"{recipe}: empty {group}"
+    if cfg["stage"] == "speech_llm":  # stage 2 trains on text: no CTC targets or CTC length filter
+        assert cfg["data"]["train"]["prepare"]["ctc_targets"] is False
+        assert cfg["model"].get("init") or (cfg["model"]["encoder"] and cfg["model"]["llm"])

@@ -412,13 +412,17 @@ def load_speech_llm(
         if not (Path(adapter) / "adapter_config.json").exists():
             raise FileNotFoundError(f"no adapter_config.json in {adapter}")
         if loaded:
-            raise ValueError(f"{path} has its own LoRA adapter (adapter_config.json); cannot add {adapter} too")
+            raise ValueError(
+                f"{path} has its own LoRA adapter (adapter_config.json); cannot add {adapter} too"
+            )
         hf.load_adapter(str(adapter))
     elif not loaded and (Path(path) / "adapter_config.json").exists():
         hf.load_adapter(str(path))
     has_lora = bool(getattr(hf, "_hf_peft_config_loaded", False))
     if hf.config.has_lora_adapter and not has_lora:
-        log.warning("%s: config says has_lora_adapter but no adapter was found; using the weights alone", path)
+        log.warning(
+            "%s: config says has_lora_adapter but no adapter was found; using the weights alone", path
+        )
     hf.config.has_lora_adapter = has_lora
     tokenizer = _load_tokenizer(path, trust_remote_code)
     return SpeechLLM(hf, tokenizer, attn_impl=attn_impl)

@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
     """``python -m granite_train.models.tiny_llm --corpus DIR --out DIR``: a local stand-in base LLM."""
     import argparse
 
-    from granite_train.data.prompts import AST_INSTRUCTIONS, ASR_INSTRUCTIONS
+    from granite_train.data.prompts import ASR_INSTRUCTIONS, AST_INSTRUCTIONS
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--out", required=True, help="output folder")
