@@ -120,7 +120,7 @@ def run_demo(cfg: Mapping[str, Any]) -> str:
         stage2 = train(load_recipe(demo["stage2_recipe"], overrides))
     export_dir = stage2.output_dir / "speech_llm_hf"
     with timer.phase("stage 2: eval"):
-        gen_results = run_generate_eval(
+        gen_results, _ = run_generate_eval(
             export_dir,
             [test_set],
             stage2.output_dir / "eval",

@@ -186,7 +186,14 @@ def _relative_base(spec: SourceSpec) -> Path | None:
 
 # Per-example prompt fields written by the data_prep generators (keywords, translation targets),
 # carried into raw records for the stage-2 prompt builder. Small strings: fine in resumable state.
-PROMPT_FIELDS = ("task", "prompt_suffix", "keywords", "source_language", "target_language")
+PROMPT_FIELDS = (
+    "task",
+    "prompt_suffix",
+    "keywords",
+    "bias_words",
+    "source_language",
+    "target_language",
+)
 
 
 def normalize_record(

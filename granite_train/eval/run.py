@@ -80,11 +80,17 @@ class EvalDataset:
             otherwise) or ``None`` for the run's default.
         reference: "text" (the original transcript) or "ctc_target" (the transcript as the CTC
             head spells it: katakana reading for Japanese, out-of-vocabulary characters dropped).
+        target_language: generation eval (:mod:`granite_train.eval.generate`) of an ``ast`` set
+            (``source.task``): the language to translate into, for records without their own.
+        keywords_in_prompt: generation eval of a keyword set: ``True`` / ``False`` / ``"both"``,
+            or ``None`` for the run's default. Ignored by greedy-CTC evaluation.
     """
 
     source: SourceSpec
     normalizer: str | None = None
     reference: str = "text"
+    target_language: str | None = None
+    keywords_in_prompt: bool | str | None = None
 
     def __post_init__(self) -> None:
         if self.normalizer is not None and self.normalizer not in (*NORMALIZER_NAMES, "auto"):
@@ -94,21 +100,27 @@ class EvalDataset:
             )
         if self.reference not in REFERENCES:
             raise ValueError(f"dataset {self.source.name!r}: reference must be one of {REFERENCES}")
+        if self.keywords_in_prompt not in (None, True, False, "both"):
+            raise ValueError(
+                f"dataset {self.source.name!r}: keywords_in_prompt must be true, false or both, "
+                f"got {self.keywords_in_prompt!r}"
+            )
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any] | EvalDataset, index: int = 0) -> EvalDataset:
-        """From a config mapping: :class:`SourceSpec` fields plus ``normalizer`` and ``reference``."""
+        """From a config mapping: :class:`SourceSpec` fields plus this class's own fields."""
         if isinstance(values, EvalDataset):
             return values
         if isinstance(values, SourceSpec):
             return cls(values)
         values = dict(values)
-        own = {k: values.pop(k) for k in ("normalizer", "reference") if k in values}
+        own_fields = {f.name for f in fields(cls)} - {"source"}
+        own = {k: values.pop(k) for k in own_fields if k in values}
         known = {f.name for f in fields(SourceSpec)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(
-                f"datasets[{index}]: unknown field(s) {unknown}; known: {sorted(known | {'normalizer', 'reference'})}"
+                f"datasets[{index}]: unknown field(s) {unknown}; known: {sorted(known | own_fields)}"
             )
         return cls(SourceSpec(**values), **own)
 

@@ -68,7 +68,12 @@ CKPT_META_KEY = "speech_llm"
 CKPT_ENCODER_KEY = "encoder_config"  # what marks a stage-1 checkpoint
 CKPT_PREFIX = "model.hf."
 # files of an earlier export that would change what a re-export into the same folder loads as
-_STALE_PATTERNS = (ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, "model.safetensors.index.json", "model-*.safetensors")
+_STALE_PATTERNS = (
+    ADAPTER_CONFIG_NAME,
+    ADAPTER_WEIGHTS_NAME,
+    "model.safetensors.index.json",
+    "model-*.safetensors",
+)
 # the released (transformers 4.x) key layout of the adapter, as in granite-speech-3.3
 _RELEASED_PREFIXES = (
     ("model.language_model.", "language_model.model."),
@@ -180,7 +185,9 @@ def _adapter_state(hf: GraniteSpeechForConditionalGeneration, dtype: torch.dtype
     state = hf.get_adapter_state_dict(adapter_name=adapter)
     return {
         f"base_model.model.{_released_key(k.replace('_orig_mod.', ''))}": (
-            v.detach().to("cpu", dtype if dtype is not None and v.is_floating_point() else v.dtype).contiguous()
+            v.detach()
+            .to("cpu", dtype if dtype is not None and v.is_floating_point() else v.dtype)
+            .contiguous()
         )
         for k, v in state.items()
     }
@@ -216,7 +223,9 @@ def _reference_model(
     model, info = GraniteSpeechForConditionalGeneration.from_pretrained(
         None, config=copy.deepcopy(config), state_dict=dict(state), dtype=dtype, output_loading_info=True
     )
-    problems = {k: sorted(info.get(k) or ())[:3] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+    problems = {
+        k: sorted(info.get(k) or ())[:3] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")
+    }
     if any(problems.values()):
         raise SpeechExportError(
             f"weights do not match transformers' GraniteSpeechForConditionalGeneration: {problems}"
@@ -318,7 +327,10 @@ def _remove_stale(out: Path) -> None:
 
 
 def _save_adapter(
-    hf: GraniteSpeechForConditionalGeneration, out: Path, dtype: torch.dtype | None, base_model_name_or_path: str
+    hf: GraniteSpeechForConditionalGeneration,
+    out: Path,
+    dtype: torch.dtype | None,
+    base_model_name_or_path: str,
 ) -> None:
     config = copy.deepcopy(hf.peft_config[_adapter_name(hf)])
     config.base_model_name_or_path = base_model_name_or_path
@@ -387,7 +399,9 @@ class SpeechCheckpoint:
 
 def _plain(value: Any) -> Any:
     """JSON types only: what ``torch.load(weights_only=True)`` reads back (no sets, enums, dataclasses)."""
-    return json.loads(json.dumps(value, default=lambda v: sorted(v) if isinstance(v, set | frozenset) else str(v)))
+    return json.loads(
+        json.dumps(value, default=lambda v: sorted(v) if isinstance(v, set | frozenset) else str(v))
+    )
 
 
 def checkpoint_metadata(speech: SpeechLLM) -> dict[str, Any]:
@@ -448,11 +462,14 @@ def read_speech_checkpoint(path: str | Path) -> SpeechCheckpoint:
                 "granite_train.models.export.export_checkpoint (`granite-train export` picks it itself)"
             )
         raise SpeechExportError(
-            f"{path}: not a stage-2 checkpoint, no ckpt[{CKPT_META_KEY!r}] (has {sorted(map(str, ckpt))[:10]})"
+            f"{path}: not a stage-2 checkpoint, no ckpt[{CKPT_META_KEY!r}] "
+            f"(has {sorted(map(str, ckpt))[:10]})"
         )
     meta = ckpt[CKPT_META_KEY]
     if not isinstance(meta, Mapping) or not isinstance(meta.get("config"), Mapping):
-        raise SpeechExportError(f"{path}: ckpt[{CKPT_META_KEY!r}] must be {{'config': dict, 'lora': dict | None}}")
+        raise SpeechExportError(
+            f"{path}: ckpt[{CKPT_META_KEY!r}] must be {{'config': dict, 'lora': dict | None}}"
+        )
     lora = meta.get("lora")
     if lora is not None and not isinstance(lora, Mapping):
         raise SpeechExportError(f"{path}: ckpt[{CKPT_META_KEY!r}]['lora'] must be a dict or None")
@@ -465,8 +482,12 @@ def read_speech_checkpoint(path: str | Path) -> SpeechCheckpoint:
         if k.replace("_orig_mod.", "").startswith(CKPT_PREFIX)
     }
     if not state:
-        raise SpeechExportError(f"{path}: no {CKPT_PREFIX!r} keys in ckpt[{CKPT_STATE_KEY!r}] (first: {sorted(raw)[:5]})")
-    return SpeechCheckpoint(config=dict(meta["config"]), lora=None if lora is None else dict(lora), state=state)
+        raise SpeechExportError(
+            f"{path}: no {CKPT_PREFIX!r} keys in ckpt[{CKPT_STATE_KEY!r}] (first: {sorted(raw)[:5]})"
+        )
+    return SpeechCheckpoint(
+        config=dict(meta["config"]), lora=None if lora is None else dict(lora), state=state
+    )
 
 
 def _processor_dir(checkpoint: Path, processor_dir: str | Path | None) -> Path:
@@ -484,7 +505,8 @@ def _processor_dir(checkpoint: Path, processor_dir: str | Path | None) -> Path:
     )
 
 
-def _lora_config(values: Mapping[str, Any]):
+def _lora_config(values: Mapping[str, Any]) -> Any:
+    """A trainable ``LoraConfig`` from its plain-dict form (``checkpoint_metadata``)."""
     from peft import PeftConfig
 
     values = dict(values)
@@ -493,7 +515,9 @@ def _lora_config(values: Mapping[str, Any]):
     return PeftConfig.from_peft_type(peft_type="LORA", **values)
 
 
-def _attach_lora(hf: GraniteSpeechForConditionalGeneration, lora: Mapping[str, Any], state: Mapping, where: str):
+def _attach_lora(
+    hf: GraniteSpeechForConditionalGeneration, lora: Mapping[str, Any], state: Mapping, where: str
+) -> None:
     """Add the checkpoint's adapter to ``hf`` and load its tensors (every LoRA key, none left over)."""
     lora_state = {k: v for k, v in state.items() if _is_lora_key(k)}
     names = {k.split(".lora_A.")[1].split(".")[0] for k in lora_state if ".lora_A." in k} or {"default"}
@@ -519,7 +543,9 @@ def speech_llm_from_checkpoint(checkpoint: str | Path, processor_dir: str | Path
     try:
         config = GraniteSpeechConfig.from_dict(ckpt.config)
     except Exception as err:
-        raise SpeechExportError(f"{checkpoint}: ckpt['speech_llm']['config'] is not a GraniteSpeechConfig: {err}") from err
+        raise SpeechExportError(
+            f"{checkpoint}: ckpt['speech_llm']['config'] is not a GraniteSpeechConfig: {err}"
+        ) from err
     base = {k.replace(".base_layer.", "."): v for k, v in ckpt.state.items() if not _is_lora_key(k)}
     config.has_lora_adapter = False
     try:
@@ -529,7 +555,9 @@ def speech_llm_from_checkpoint(checkpoint: str | Path, processor_dir: str | Path
     if ckpt.lora is not None:
         _attach_lora(hf, ckpt.lora, ckpt.state, str(checkpoint))
     elif any(_is_lora_key(k) for k in ckpt.state):
-        raise SpeechExportError(f"{checkpoint}: LoRA tensors in the state dict but ckpt['speech_llm']['lora'] is None")
+        raise SpeechExportError(
+            f"{checkpoint}: LoRA tensors in the state dict but ckpt['speech_llm']['lora'] is None"
+        )
     return SpeechLLM(hf, tokenizer).eval()
 
 

@@ -1,0 +1,621 @@
+"""Generation-based evaluation of a stage-2 speech LLM: WER / CER (ASR), BLEU (AST), B-WER / U-WER
+(keyword-biased ASR) and RTFx per dataset.
+
+Per dataset (and keyword condition)::
+
+    source (SourceSpec mapping) -> SpeechDataPipeline (one pass, no shuffle, no augmentation,
+      lenient validation, no CTC targets) -> SpeechLLMCollator (log-mel + left-padded prompts with
+      the first, fixed instruction) -> SpeechLLM.generate (greedy, or beam search) ->
+      tokenizer.batch_decode -> scores
+
+* Same accounting as the greedy-CTC evaluation (:mod:`granite_train.eval.run`): nothing is lost
+  silently (skips counted per reason, ``records == num_utts + sum(skipped)``), references are the
+  original texts, and RTFx is audio seconds over wall seconds from opening the stream to the last
+  decoded batch (loading, features, encoder, projector and generation; not scoring). One warm-up
+  generation runs before any timing.
+* Task ``asr`` (the default; ``task`` of the dataset mapping or the records' ``task`` column): WER
+  and CER with the named normalizer (``auto``: Whisper's English normalizer for English, basic
+  otherwise); for languages without spaces (``NO_SPACE_LANGUAGES``, e.g. ja) read the CER.
+* Task ``ast``: corpus BLEU with sacrebleu against the translation (``text`` column); tokenizer
+  ``char`` for ja / zh targets (``ja-mecab`` needs MeCab, not installed), ``13a`` otherwise. The
+  sacrebleu signature is recorded.
+* Keyword sets (records with ``keywords`` / ``prompt_suffix``): B-WER, U-WER and keyword recall
+  (:mod:`granite_train.eval.biasing`), bias words from the ``bias_words`` column (else the keywords
+  found in the reference). ``keywords_in_prompt``: ``True`` decodes with the ``Keywords: ...``
+  suffix, ``False`` without, ``"both"`` decodes twice and writes the with/without table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from granite_train.audio.features import LogMelFeatures
+from granite_train.data.collate import Collator, ExampleBatch
+from granite_train.data.pipeline import FRAME_RATE, build_dataloader
+from granite_train.data.prompts import PromptBuilder, PromptConfig, SpeechLLMCollator
+from granite_train.data.sources import SourceSpec
+from granite_train.eval.biasing import biasing_error_rates, biasing_markdown
+from granite_train.eval.metrics import NO_SPACE_LANGUAGES, error_rates
+from granite_train.eval.report import EvalResult, _normalizer_label, _pct, write_results_json
+from granite_train.eval.run import (
+    SAMPLE_RATE,
+    EvalDataset,
+    _autocast,
+    _pipeline_config,
+    _resolve_normalizer,
+    _TalliedPipeline,
+    resolve_device,
+)
+from granite_train.text.normalize import NORMALIZER_NAMES, get_normalizer
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "SpeechLLMLoadError",
+    "bleu_tokenizer",
+    "evaluate_speech_llm",
+    "generation_markdown",
+    "is_speech_llm_folder",
+    "load_speech_llm_checked",
+    "run_generate_eval",
+]
+
+SPEECH_MODEL_TYPE = "granite_speech"
+KEYWORDS_PREFIX = "Keywords: "
+CONDITIONS = {True: "with keywords", False: "without keywords"}
+
+
+class SpeechLLMLoadError(ValueError):
+    """A model folder that is missing, or not a loadable GraniteSpeech (speech LLM) folder."""
+
+
+def _read_config(path: str | Path) -> dict[str, Any] | None:
+    """``config.json`` of a folder (``None`` when ``path`` is not a folder with one)."""
+    config = Path(path) / "config.json"
+    if not config.is_file():
+        return None
+    try:
+        values = json.loads(config.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise SpeechLLMLoadError(f"{config}: not a readable JSON model config ({err})") from err
+    if not isinstance(values, dict):
+        raise SpeechLLMLoadError(f"{config}: not a JSON object")
+    return values
+
+
+def is_speech_llm_folder(path: str | Path) -> bool:
+    """Whether ``path`` is a folder whose ``config.json`` has ``model_type: granite_speech``."""
+    values = _read_config(path) if Path(path).is_dir() else None
+    return bool(values) and values.get("model_type") == SPEECH_MODEL_TYPE
+
+
+def load_speech_llm_checked(path: str | Path, attn_impl: str = "sdpa"):
+    """:func:`~granite_train.models.speech_llm.load_speech_llm` with clear errors for bad folders."""
+    from granite_train.models.speech_llm import load_speech_llm
+
+    folder = Path(path)
+    if not folder.exists():
+        raise SpeechLLMLoadError(f"model folder {folder} does not exist")
+    if not folder.is_dir():
+        raise SpeechLLMLoadError(f"{folder} is not a folder; expected an exported speech LLM folder")
+    values = _read_config(folder)
+    if values is None:
+        raise SpeechLLMLoadError(f"{folder}: no config.json; expected an exported speech LLM folder")
+    if values.get("model_type") != SPEECH_MODEL_TYPE:
+        raise SpeechLLMLoadError(
+            f"{folder}: model_type is {values.get('model_type')!r}, expected {SPEECH_MODEL_TYPE!r}"
+        )
+    try:
+        return load_speech_llm(folder, attn_impl=attn_impl)
+    except Exception as err:  # transformers raises many kinds (OSError, ValueError, safetensors errors)
+        raise SpeechLLMLoadError(
+            f"{folder}: cannot load the speech LLM: {type(err).__name__}: {err}"
+        ) from err
+
+
+def bleu_tokenizer(language: str | None) -> str:
+    """sacrebleu tokenizer for a target language: ``char`` for ja / zh (no MeCab here), else ``13a``."""
+    base = (language or "").replace("_", "-").split("-")[0].lower()
+    return "char" if base in ("ja", "zh") else "13a"
+
+
+def _bias_words(record: Mapping[str, Any], reference: str, norm) -> list[str]:
+    """The record's ``bias_words``, else its keywords whose normalized words occur in the reference."""
+    if record.get("bias_words") is not None:
+        return list(record["bias_words"])
+    ref = f" {' '.join(norm(reference).split())} "
+    return [k for k in record.get("keywords") or [] if (w := " ".join(norm(k).split())) and f" {w} " in ref]
+
+
+def _is_keyword_record(record: Mapping[str, Any]) -> bool:
+    return bool(record.get("keywords")) or bool(record.get("prompt_suffix"))
+
+
+class _GenerationCollator:
+    """:class:`SpeechLLMCollator` with the dataset's defaults applied to the records first.
+
+    Adds ``target_language`` where a record has none, and sets the keyword suffix of the prompt
+    (``Keywords: ...`` from ``keywords`` when the record has no ``prompt_suffix``) or removes it.
+    The final (empty) tally batches of :class:`_TalliedPipeline` pass through as they are.
+    """
+
+    def __init__(self, inner: SpeechLLMCollator, target_language: str | None, keywords_in_prompt: bool):
+        self.inner = inner
+        self.target_language = target_language
+        self.keywords_in_prompt = keywords_in_prompt
+
+    def __call__(self, examples: ExampleBatch):
+        if isinstance(examples, ExampleBatch) and not examples.examples:
+            return examples
+        items = examples.examples if isinstance(examples, ExampleBatch) else examples
+        for e in items:
+            record = dict(e.record)
+            if self.target_language and not record.get("target_language"):
+                record["target_language"] = self.target_language
+            if not self.keywords_in_prompt:
+                record["prompt_suffix"] = ""
+            elif not record.get("prompt_suffix") and record.get("keywords"):
+                record["prompt_suffix"] = KEYWORDS_PREFIX + ", ".join(record["keywords"])
+            e.record = record
+        batch = self.inner(examples)
+        # what scoring needs of each record (an attribute, so it survives the loader's workers)
+        batch.keyword_fields = [
+            {k: e.record[k] for k in ("keywords", "bias_words", "prompt_suffix") if k in e.record}
+            for e in items
+        ]
+        return batch
+
+
+def _warmup(speech, device: torch.device, dtype: str, prompts: PromptBuilder) -> None:
+    samples = 2 * SAMPLE_RATE
+    feats, lengths = LogMelFeatures()(torch.zeros(1, samples), torch.tensor([samples]))
+    ids = torch.tensor([prompts({"id": "warmup"}, samples).prompt_ids])
+    with torch.inference_mode(), _autocast(device, dtype):
+        speech.generate(
+            ids.to(device),
+            torch.ones_like(ids).to(device),
+            feats.to(device),
+            lengths.to(device),
+            max_new_tokens=2,
+        )
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _decode_pass(
+    speech,
+    dataset: EvalDataset,
+    *,
+    name: str,
+    keywords_in_prompt: bool,
+    prompts: PromptBuilder,
+    device: torch.device,
+    dtype: str,
+    max_frames: int,
+    max_duration: float,
+    batch_size: int | None,
+    generate_kwargs: Mapping[str, Any],
+    num_workers: int,
+    features_on_device: bool,
+    progress: bool,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """One streamed pass: rows (one per scored utterance) and the pass's counts and timing."""
+    spec = dataset.source
+    featurizer = LogMelFeatures().to(device) if features_on_device else None
+    rows: list[dict[str, Any]] = []
+    skipped: Counter[str] = Counter()
+    repaired: Counter[str] = Counter()
+    drawn: Counter[str] = Counter()
+    batches = 0
+    tokenizer = speech.tokenizer
+
+    config = _pipeline_config(spec, max_frames, max_duration)
+    config = dataclasses.replace(
+        config,
+        max_batch_size=batch_size,
+        prepare=dataclasses.replace(config.prepare, ctc_targets=False, check_ctc_length=False),
+    )
+    start = time.perf_counter()
+    pipeline = _TalliedPipeline(config, rank=0, world_size=1)
+    collator = _GenerationCollator(
+        SpeechLLMCollator(prompts, Collator(compute_features=not features_on_device)),
+        dataset.target_language,
+        keywords_in_prompt,
+    )
+    loader = build_dataloader(pipeline, num_workers=num_workers, collator=collator)
+    bar = tqdm(desc=f"generate {name}", unit="utt", disable=not progress, dynamic_ncols=True)
+    for batch in loader:
+        for reason, n in batch.skipped.items():
+            if reason == "target_truncated":  # the teacher-forcing target: irrelevant to generation
+                continue
+            (repaired if reason.startswith("fixed_") else skipped)[reason] += n
+        drawn.update(batch.drawn)
+        if isinstance(batch, ExampleBatch):  # a slot's final tally: counts only
+            continue
+        batches += 1
+        if featurizer is not None:
+            feats, feat_lengths = featurizer(
+                batch.waveforms.to(device, non_blocking=True), batch.waveform_lengths.to(device)
+            )
+        else:
+            feats = batch.features.to(device, non_blocking=True)
+            feat_lengths = batch.feature_lengths.to(device)
+        with torch.inference_mode(), _autocast(device, dtype):
+            out = speech.generate(
+                batch.prompt_ids.to(device),
+                batch.prompt_mask.to(device),
+                feats,
+                feat_lengths,
+                **generate_kwargs,
+            )
+        hyps = tokenizer.batch_decode(out.cpu(), skip_special_tokens=True)
+        for i, hyp in enumerate(hyps):
+            text = batch.texts[i]
+            if text is None:
+                skipped["no_text"] += 1
+                continue
+            rows.append(
+                {
+                    "dataset": name,
+                    "id": batch.ids[i],
+                    "language": batch.languages[i],
+                    "task": batch.tasks[i],
+                    "target_language": batch.target_languages[i],
+                    "instruction": batch.instructions[i],
+                    "duration": int(batch.waveform_lengths[i]) / SAMPLE_RATE,
+                    "reference": text,
+                    "hypothesis": hyp.strip(),
+                    "_record": batch.keyword_fields[i],
+                }
+            )
+        bar.update(len(batch))
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    wall = time.perf_counter() - start
+    bar.close()
+    rows.sort(key=lambda r: r["id"])
+    info = {
+        "wall": wall,
+        "records": sum(drawn.values()),
+        "skipped": dict(sorted(skipped.items())),
+        "repaired": dict(sorted(repaired.items())),
+        "batches": batches,
+    }
+    return rows, info
+
+
+def _score(
+    rows: list[dict[str, Any]],
+    dataset: EvalDataset,
+    name: str,
+    normalizer: str,
+    wall: float,
+) -> EvalResult:
+    spec = dataset.source
+    languages = Counter(r["language"] or "?" for r in rows)
+    language = spec.language or (languages.most_common(1)[0][0] if languages else "?")
+    tasks = Counter(r["task"] for r in rows)
+    task = spec.task or (tasks.most_common(1)[0][0] if tasks else "asr")
+    if len(tasks) > 1:
+        raise ValueError(f"{name}: a dataset must hold one task, found {dict(tasks)}")
+    refs = [r["reference"] for r in rows]
+    hyps = [r["hypothesis"] for r in rows]
+    audio_seconds = sum(r["duration"] for r in rows)
+    if task == "ast":
+        import sacrebleu
+        from sacrebleu.metrics import BLEU
+
+        targets = Counter(r["target_language"] or "?" for r in rows)
+        target = dataset.target_language or (targets.most_common(1)[0][0] if targets else None)
+        tokenize = bleu_tokenizer(target)
+        metric = BLEU(tokenize=tokenize)
+        score = metric.corpus_score(hyps, [refs]) if rows else None
+        result = EvalResult(
+            name=name,
+            num_utts=len(rows),
+            wer=None,
+            cer=None,
+            normalizer="sacrebleu",
+            normalizer_version=sacrebleu.__version__,
+            audio_seconds=audio_seconds,
+            wall_seconds=wall,
+            details={
+                "bleu": None if score is None else score.score,
+                "bleu_signature": str(metric.get_signature()),
+                "bleu_tokenize": tokenize,
+                "bleu_precisions": None if score is None else list(score.precisions),
+                "bleu_brevity_penalty": None if score is None else score.bp,
+                "target_language": target,
+                "target_languages": dict(sorted(targets.items())),
+            },
+        )
+    else:
+        norm = _resolve_normalizer(dataset.normalizer or normalizer, language)
+        metrics = error_rates(refs, hyps, normalizer=norm, language=language)
+        result = EvalResult.from_metrics(name, metrics, audio_seconds, wall)
+        if language in NO_SPACE_LANGUAGES:
+            result.details["primary_metric"] = "cer"
+        if any("bias_words" in r for r in rows):
+            result.details["biasing"] = biasing_error_rates(
+                refs, hyps, [r.get("bias_words", []) for r in rows], normalizer=norm
+            )
+    result.details.update(task=task, languages=dict(sorted(languages.items())))
+    return result
+
+
+def evaluate_speech_llm(
+    speech,
+    datasets: Sequence[Mapping[str, Any] | EvalDataset | SourceSpec],
+    *,
+    device: str | torch.device = "cpu",
+    dtype: str = "float32",
+    max_frames: int = 20_000,
+    max_duration: float | None = None,
+    batch_size: int | None = None,
+    num_beams: int = 1,
+    max_new_tokens: int = 200,
+    normalizer: str = "auto",
+    keywords_in_prompt: bool | str = True,
+    num_workers: int = 0,
+    features_on_device: bool | None = None,
+    progress: bool = True,
+    hypotheses_path: str | Path | None = None,
+    model_name: str | None = None,
+) -> list[EvalResult]:
+    """Decode each dataset with ``speech.generate`` and score it (see the module doc).
+
+    Args:
+        speech: a :class:`~granite_train.models.speech_llm.SpeechLLM` (moved to ``device``, run in
+            eval mode; its training flag is restored afterwards).
+        datasets: :class:`EvalDataset`, :class:`SourceSpec` or mappings of SourceSpec fields (``task``
+            included) plus ``normalizer``, ``target_language`` and ``keywords_in_prompt``.
+        device / dtype / max_frames / max_duration / num_workers / features_on_device / progress:
+            as in :func:`granite_train.eval.run.evaluate_ctc`.
+        batch_size: at most this many utterances per batch (``None``: only ``max_frames`` limits).
+        num_beams: 1 = greedy, more = beam search.
+        max_new_tokens: generation limit per utterance.
+        normalizer: default normalizer of ASR scoring ("auto", "whisper_english", "basic", "none").
+        keywords_in_prompt: default for keyword sets: ``True``, ``False`` or ``"both"``.
+        hypotheses_path: write one JSON line per scored utterance and condition.
+        model_name: recorded in each result's details.
+
+    Returns:
+        One :class:`EvalResult` per dataset, or two (``name/with_keywords``,
+        ``name/without_keywords``) for a keyword set decoded both ways.
+    """
+    device = resolve_device(device)
+    specs = [EvalDataset.from_mapping(d, i) for i, d in enumerate(datasets)]
+    if not specs:
+        raise ValueError("no datasets to evaluate")
+    names = [d.source.name for d in specs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"dataset names must be unique, got {names}")
+    if normalizer not in (*NORMALIZER_NAMES, "auto"):
+        raise ValueError(f"normalizer must be one of {(*NORMALIZER_NAMES, 'auto')}, got {normalizer!r}")
+    if keywords_in_prompt not in (True, False, "both"):
+        raise ValueError(f"keywords_in_prompt must be true, false or both, got {keywords_in_prompt!r}")
+    if num_beams < 1 or max_new_tokens < 1:
+        raise ValueError("num_beams and max_new_tokens must be >= 1")
+    for d in specs:
+        if d.reference != "text":
+            raise ValueError(f"dataset {d.source.name!r}: generation is scored against the text only")
+        if d.source.task not in (None, "asr", "ast"):
+            raise ValueError(f"dataset {d.source.name!r}: task must be asr or ast, got {d.source.task!r}")
+    _autocast(device, dtype)  # validates dtype
+    if max_duration is None:
+        max_duration = max_frames / FRAME_RATE
+    if features_on_device is None:
+        features_on_device = device.type != "cpu"
+    generate_kwargs = {"num_beams": num_beams, "max_new_tokens": max_new_tokens, "do_sample": False}
+
+    prompts = PromptBuilder(
+        speech.tokenizer,
+        PromptConfig(vary_instructions=False),
+        window_size=speech.config.window_size,
+        downsample_rate=speech.config.downsample_rate,
+    )
+    was_training = speech.training
+    speech = speech.to(device).eval()
+    results, all_rows = [], []
+    try:
+        _warmup(speech, device, dtype, prompts)
+        for dataset in specs:
+            name = dataset.source.name
+            mode = keywords_in_prompt if dataset.keywords_in_prompt is None else dataset.keywords_in_prompt
+            conditions = [False, True] if mode == "both" else [bool(mode)]
+            per_condition = {}
+            for cond in conditions:
+                label = name if len(conditions) == 1 else f"{name}/{CONDITIONS[cond].replace(' ', '_')}"
+                rows, info = _decode_pass(
+                    speech,
+                    dataset,
+                    name=label,
+                    keywords_in_prompt=cond,
+                    prompts=prompts,
+                    device=device,
+                    dtype=dtype,
+                    max_frames=max_frames,
+                    max_duration=max_duration,
+                    batch_size=batch_size,
+                    generate_kwargs=generate_kwargs,
+                    num_workers=num_workers,
+                    features_on_device=features_on_device,
+                    progress=progress,
+                )
+                per_condition[cond] = (label, rows, info)
+            keyword_set = any(
+                _is_keyword_record(r["_record"]) for _, rows, _ in per_condition.values() for r in rows
+            )
+            for cond, (label, rows, info) in per_condition.items():
+                result = _finish(dataset, label, rows, info, normalizer, keyword_set, cond)
+                result.details.update(
+                    decoding="greedy" if num_beams == 1 else f"beam_search({num_beams})",
+                    num_beams=num_beams,
+                    max_new_tokens=max_new_tokens,
+                    device=str(device),
+                    dtype=dtype,
+                    max_frames=max_frames,
+                    batch_size=batch_size,
+                    source={
+                        "path": dataset.source.path,
+                        "kind": dataset.source.kind,
+                        "split": dataset.source.split,
+                        "config": dataset.source.config,
+                    },
+                )
+                if model_name is not None:
+                    result.details["model"] = model_name
+                results.append(result)
+                all_rows.extend(rows)
+    finally:
+        speech.train(was_training)
+    if hypotheses_path is not None:
+        path = Path(hypotheses_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w") as f:
+            for row in all_rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return results
+
+
+def _finish(
+    dataset: EvalDataset,
+    label: str,
+    rows: list[dict[str, Any]],
+    info: dict[str, Any],
+    normalizer: str,
+    keyword_set: bool,
+    keywords_in_prompt: bool,
+) -> EvalResult:
+    if keyword_set:
+        language = dataset.source.language or next((r["language"] for r in rows if r["language"]), None)
+        norm = get_normalizer(_resolve_normalizer(dataset.normalizer or normalizer, language))
+        for r in rows:
+            r["bias_words"] = _bias_words(r.pop("_record", {}), r["reference"], norm)
+            r["keywords_in_prompt"] = keywords_in_prompt
+    for r in rows:
+        r.pop("_record", None)
+    result = _score(rows, dataset, label, normalizer, info["wall"])
+    result.details.update(
+        records=info["records"],
+        skipped=info["skipped"],
+        repaired=info["repaired"],
+        batches=info["batches"],
+    )
+    if keyword_set:
+        result.details["keywords_in_prompt"] = keywords_in_prompt
+    if info["skipped"]:
+        log.warning(
+            "%s: %d of %d records could not be scored and are left out: %s",
+            label,
+            sum(info["skipped"].values()),
+            info["records"],
+            info["skipped"],
+        )
+    if not rows:
+        log.warning("%s: no utterance could be scored", label)
+    return result
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def generation_markdown(results: Sequence[EvalResult]) -> str:
+    """Markdown: one table (dataset, task, utts, WER %, CER %, BLEU, RTFx, scoring), then a keyword
+    table per keyword set (with / without keywords in the prompt, and the change)."""
+    lines = [
+        "| dataset | task | utts | WER % | CER % | BLEU | RTFx | scoring |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for r in results:
+        scoring = _normalizer_label(r)
+        if r.details.get("bleu_signature"):
+            scoring = r.details["bleu_signature"]
+        lines.append(
+            f"| {r.name} | {r.details.get('task', 'asr')} | {r.num_utts} | {_pct(r.wer)} | {_pct(r.cer)} | "
+            f"{_fmt(r.details.get('bleu'))} | {_fmt(r.rtfx, 1)} | {scoring} |"
+        )
+    text = "\n".join(lines) + "\n"
+    groups: dict[str, dict[str, Any]] = {}
+    for r in results:
+        if "biasing" in r.details:
+            base = (
+                r.name.rsplit("/", 1)[0]
+                if r.name.endswith(("/with_keywords", "/without_keywords"))
+                else r.name
+            )
+            label = CONDITIONS[bool(r.details.get("keywords_in_prompt", True))]
+            groups.setdefault(base, {})[label] = r.details["biasing"]
+    for base, conditions in groups.items():
+        ordered = {k: conditions[k] for k in (CONDITIONS[False], CONDITIONS[True]) if k in conditions}
+        text += f"\n### Keyword biasing: {base}\n\n" + biasing_markdown(ordered)
+    return text
+
+
+def run_generate_eval(
+    model: str | Path,
+    datasets: Sequence[Mapping[str, Any]],
+    output_dir: str | Path,
+    *,
+    device: str = "auto",
+    dtype: str = "float32",
+    attn_impl: str = "sdpa",
+    max_frames: int = 20_000,
+    max_duration: float | None = None,
+    batch_size: int | None = None,
+    num_beams: int = 1,
+    max_new_tokens: int = 200,
+    normalizer: str = "auto",
+    keywords_in_prompt: bool | str = True,
+    num_workers: int = 0,
+    write_hypotheses: bool = True,
+    progress: bool = True,
+) -> tuple[list[EvalResult], str]:
+    """Load an exported speech LLM folder, evaluate it, write ``results.json``, ``results.md`` and
+    (``write_hypotheses``) ``hypotheses.jsonl`` under ``output_dir``; returns results and markdown."""
+    speech = load_speech_llm_checked(model, attn_impl=attn_impl)
+    if dtype in ("float32", "fp32"):
+        speech = speech.float()  # a bf16 export is evaluated in fp32 unless asked otherwise
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    device_ = resolve_device(device)
+    log.info("evaluating %s on %s (%s), num_beams=%d", model, device_, dtype, num_beams)
+    results = evaluate_speech_llm(
+        speech,
+        datasets,
+        device=device_,
+        dtype=dtype,
+        max_frames=max_frames,
+        max_duration=max_duration,
+        batch_size=batch_size,
+        num_beams=num_beams,
+        max_new_tokens=max_new_tokens,
+        normalizer=normalizer,
+        keywords_in_prompt=keywords_in_prompt,
+        num_workers=num_workers,
+        progress=progress,
+        hypotheses_path=out / "hypotheses.jsonl" if write_hypotheses else None,
+        model_name=str(model),
+    )
+    write_results_json(results, out / "results.json")
+    table = generation_markdown(results)
+    decoding = "greedy" if num_beams == 1 else f"beam search ({num_beams} beams)"
+    header = (
+        f"# Speech LLM evaluation ({decoding})\n\nmodel: `{model}`  \ndevice: {device_}, dtype: {dtype}, "
+        f"max_frames: {max_frames}, max_new_tokens: {max_new_tokens}\n\n"
+    )
+    skips = [f"- {r.name}: {r.details['skipped']}" for r in results if r.details.get("skipped")]
+    footer = "\nRecords that could not be scored:\n\n" + "\n".join(skips) + "\n" if skips else ""
+    (out / "results.md").write_text(header + table + footer)
+    return results, table

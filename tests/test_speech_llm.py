@@ -1,0 +1,411 @@
+"""Stage 2: SpeechLLM assembly, padding exactness, what trains, LoRA merge, and a tiny training run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, GraniteSpeechForConditionalGeneration
+
+from granite_train.data.collate import Collator
+from granite_train.data.prepare import Example
+from granite_train.data.prompts import ASR_INSTRUCTIONS, PromptBuilder, PromptConfig, SpeechLLMCollator
+from granite_train.models.encoder import CTCEncoder, encoder_config
+from granite_train.models.export import export_hf_encoder, read_hf_folder
+from granite_train.models.speech_llm import (
+    AUDIO_TOKEN,
+    IGNORE_INDEX,
+    LoraSettings,
+    SpeechLLM,
+    assemble_speech_llm,
+    build_speech_llm,
+    load_speech_llm,
+    merge_lora,
+)
+from granite_train.models.tiny_llm import EOS_TOKEN, PAD_TOKEN, build_tiny_llm
+
+WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel"]
+SENTENCES = [" ".join(WORDS[i:] + WORDS[:i]) for i in range(8)] * 3 + [
+    f"USER: {i}\n ASSISTANT:" for i in ASR_INSTRUCTIONS
+] * 2
+ENC = dict(
+    num_layers=2, hidden_dim=32, num_heads=2, dim_head=16, conv_kernel_size=5, output_dim=40, dropout=0.0
+)
+PROJ = dict(
+    preset="tiny",
+    hidden_size=32,
+    num_attention_heads=2,
+    intermediate_size=64,
+    hidden_dropout_prob=0.0,
+    attention_probs_dropout_prob=0.0,
+)
+LORA = LoraSettings(rank=4, alpha=8.0, dropout=0.0)
+
+
+def _random_encoder(seed: int = 0) -> CTCEncoder:
+    torch.manual_seed(seed)
+    enc = CTCEncoder(encoder_config("tiny", **ENC))
+    # non-trivial BatchNorm statistics, so that "unchanged" and "loaded" mean something
+    for name, buf in enc.named_buffers():
+        if name.endswith("running_mean"):
+            buf.copy_(0.1 * torch.randn_like(buf))
+        elif name.endswith("running_var"):
+            buf.copy_(1.0 + 0.5 * torch.rand_like(buf))
+    return enc.eval()
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("stage2_parts")
+    enc_dir = export_hf_encoder(_random_encoder(), root / "encoder_hf")
+    llm_dir = build_tiny_llm(root / "llm", SENTENCES, preset="micro", vocab_size=300)
+    return {"root": root, "encoder": enc_dir, "llm": llm_dir}
+
+
+def _assemble(parts) -> SpeechLLM:
+    torch.manual_seed(1)
+    return assemble_speech_llm(parts["encoder"], parts["llm"], projector=PROJ)
+
+
+@pytest.fixture(scope="module")
+def speech(parts) -> SpeechLLM:
+    return _assemble(parts).eval()
+
+
+def _examples(lengths=(16000, 7000, 11200)) -> list[Example]:
+    out = []
+    for i, n in enumerate(lengths):
+        g = torch.Generator().manual_seed(10 + i)
+        text = " ".join(WORDS[i : i + 3])
+        out.append(
+            Example(
+                {"id": f"u{i}", "source": "s", "language": "en", "text": text},
+                0.1 * torch.randn(n, generator=g),
+                [],
+            )
+        )
+    return out
+
+
+def _collate(speech: SpeechLLM, examples):
+    builder = PromptBuilder(speech.tokenizer, PromptConfig(vary_instructions=False))
+    return SpeechLLMCollator(builder, Collator(compute_features=True))(examples)
+
+
+def _loss(speech: SpeechLLM, batch, labels=None):
+    return speech(
+        batch.input_ids,
+        batch.attention_mask,
+        batch.features,
+        batch.feature_lengths,
+        batch.labels if labels is None else labels,
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# construction
+# ------------------------------------------------------------------------------------------------
+def test_assembly_route_a_keeps_weights_and_released_layout(parts, speech):
+    _, enc_state = read_hf_folder(parts["encoder"])
+    ours = speech.encoder.state_dict()
+    assert set(enc_state) <= set(ours)
+    for k, v in enc_state.items():
+        assert torch.equal(ours[k], v), k
+    base = AutoModelForCausalLM.from_pretrained(str(parts["llm"]))
+    llm = speech.language_model.state_dict()
+    base_state = base.model.state_dict()
+    assert set(llm) == set(base_state)
+    for k, v in base_state.items():
+        assert torch.equal(llm[k], v), k
+    assert torch.equal(speech.hf.lm_head.weight, base.lm_head.weight)
+    reference = GraniteSpeechForConditionalGeneration(speech.config)
+    assert set(speech.hf.state_dict()) == set(reference.state_dict())
+    assert speech.audio_token_id == speech.tokenizer.convert_tokens_to_ids(AUDIO_TOKEN)
+    assert isinstance(speech.encoder, CTCEncoder)
+    assert speech.config.projector_config.hidden_size == 32
+
+
+def test_tokenizer_without_audio_token_gets_it_and_embeddings_resize(parts, tmp_path):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GraniteConfig, GraniteForCausalLM, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(
+        SENTENCES,
+        trainers.BpeTrainer(
+            vocab_size=280,
+            special_tokens=[EOS_TOKEN, PAD_TOKEN],
+            show_progress=False,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token=EOS_TOKEN, bos_token=EOS_TOKEN, pad_token=PAD_TOKEN
+    )
+    assert AUDIO_TOKEN not in fast.get_vocab()
+    n = len(fast)
+    model = GraniteForCausalLM(
+        GraniteConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            vocab_size=n,
+        )
+    )
+    folder = tmp_path / "llm_no_audio"
+    model.save_pretrained(folder)
+    fast.save_pretrained(folder)
+    speech = assemble_speech_llm(parts["encoder"], folder, projector=PROJ)
+    assert speech.tokenizer.convert_tokens_to_ids(AUDIO_TOKEN) == n == speech.audio_token_id
+    assert speech.hf.get_input_embeddings().weight.shape[0] == n + 1
+    assert speech.config.text_config.vocab_size == n + 1
+    assert speech.tokenizer.chat_template  # the default template is supplied
+    assert torch.equal(speech.hf.get_input_embeddings().weight[:n], model.get_input_embeddings().weight)
+
+
+def test_route_b_save_pretrained_roundtrip(parts, speech, tmp_path):
+    folder = tmp_path / "gs"
+    speech.hf.save_pretrained(folder)
+    speech.tokenizer.save_pretrained(folder)
+    loaded = load_speech_llm(folder).eval()
+    assert isinstance(loaded.encoder, CTCEncoder)
+    for k, v in speech.hf.state_dict().items():
+        assert torch.equal(loaded.hf.state_dict()[k], v), k
+    batch = _collate(speech, _examples())
+    with torch.no_grad():
+        a, b = _loss(speech, batch), _loss(loaded, batch)
+    assert float(a.loss) == pytest.approx(float(b.loss), abs=1e-6)
+    assert a.num_tokens == b.num_tokens
+    # build_speech_llm(init=...) goes the same way
+    built = build_speech_llm({"init": str(folder), "lora": None, "train": {"projector": True}})
+    assert not built.has_lora and built.frozen == {"encoder", "llm"}
+
+
+# ------------------------------------------------------------------------------------------------
+# padding exactness
+# ------------------------------------------------------------------------------------------------
+def test_padded_batch_loss_equals_each_example_alone(speech):
+    examples = _examples()
+    batch = _collate(speech, examples)
+    assert len(set(batch.feature_lengths.tolist())) == 3  # really padded
+    with torch.no_grad():
+        whole = _loss(speech, batch)
+        singles = [_loss(speech, _collate(speech, [e])) for e in examples]
+        for i, single in enumerate(singles):
+            labels = batch.labels.clone()
+            labels[torch.arange(3) != i] = IGNORE_INDEX  # only example i counts
+            alone_in_batch = _loss(speech, batch, labels)
+            assert alone_in_batch.num_tokens == single.num_tokens
+            assert float(alone_in_batch.loss) == pytest.approx(float(single.loss), abs=1e-5)
+    weighted = sum(float(s.loss) * s.num_tokens for s in singles) / sum(s.num_tokens for s in singles)
+    assert float(whole.loss) == pytest.approx(weighted, abs=1e-5)
+    assert whole.num_tokens == sum(s.num_tokens for s in singles)
+
+
+def test_audio_embeddings_equal_transformers_reference(speech):
+    reference = GraniteSpeechForConditionalGeneration(speech.config).eval()
+    reference.load_state_dict(speech.hf.state_dict(), strict=True)
+    assert not isinstance(reference.model.encoder, CTCEncoder)
+    examples = _examples()
+    batch = _collate(speech, examples)
+    with torch.no_grad():
+        merged = speech.embed_inputs(batch.input_ids, batch.features, batch.feature_lengths)
+        table = speech.hf.get_input_embeddings().weight
+        for i, e in enumerate(examples):
+            single = _collate(speech, [e])
+            ref = reference.get_audio_features(single.features).pooler_output[0]  # (Q, D)
+            is_audio = batch.input_ids[i] == speech.audio_token_id
+            assert int(is_audio.sum()) == ref.shape[0]
+            torch.testing.assert_close(merged[i][is_audio], ref, atol=1e-5, rtol=0)
+            # text positions keep their token embeddings
+            assert torch.equal(merged[i][~is_audio], table[batch.input_ids[i][~is_audio]])
+
+
+# ------------------------------------------------------------------------------------------------
+# what trains
+# ------------------------------------------------------------------------------------------------
+def test_projector_and_lora_train_everything_else_is_frozen(parts):
+    speech = _assemble(parts)
+    with pytest.raises(ValueError, match="no LoRA"):
+        speech.set_trainable(projector=True, lora=True)
+    speech.add_lora(LORA)
+    assert speech.has_lora and speech.config.has_lora_adapter
+    lora_modules = [n for n, _ in speech.hf.named_modules() if n.endswith("lora_A")]
+    assert lora_modules and all(".language_model." in f".{n}" for n in lora_modules)
+    assert {n.split(".")[-2] for n in lora_modules} == {"q_proj", "v_proj"}
+    speech.set_trainable(projector=True, lora=True)
+    counts = speech.parameter_counts()
+    params = dict(speech.hf.named_parameters())
+    assert counts["trainable"] == sum(p.numel() for p in params.values() if p.requires_grad)
+    assert counts["total"] == sum(p.numel() for p in params.values())
+    assert counts["trainable"] == counts["trainable/projector"] + counts["trainable/lora"]
+    assert counts["trainable/lora"] == sum(p.numel() for n, p in params.items() if "lora_" in n)
+
+    speech.train()
+    assert not speech.encoder.training and not any(m.training for m in speech.encoder.modules())
+    assert speech.projector.training and speech.language_model.training
+    before = {k: v.detach().clone() for k, v in speech.hf.state_dict().items()}
+    optimizer = torch.optim.AdamW([p for p in speech.parameters() if p.requires_grad], lr=1e-2)
+    batch = _collate(speech, _examples())
+    for _ in range(3):
+        optimizer.zero_grad()
+        _loss(speech, batch).loss.backward()
+        optimizer.step()
+    after = speech.hf.state_dict()
+    changed = {k for k, v in before.items() if not torch.equal(v, after[k])}
+    assert changed, "nothing trained"
+    bad = [k for k in changed if not (k.startswith("model.projector.") or "lora_" in k)]
+    assert not bad, bad
+    assert any("lora_A" in k for k in changed) and any("lora_B" in k for k in changed)
+    assert any(k.startswith("model.projector.") for k in changed)
+    assert not any(k.startswith("model.encoder.") for k in changed)  # BatchNorm stats included
+    assert any("running_mean" in k for k in before if k.startswith("model.encoder."))
+
+
+def test_lora_targets_outside_llm_rejected(parts):
+    speech = _assemble(parts)
+    with pytest.raises(ValueError, match="outside the LLM"):
+        speech.add_lora(LoraSettings(rank=2, target_modules=["query", "q_proj"]))  # Q-Former's "query"
+
+
+def test_merge_lora_keeps_outputs(parts):
+    speech = _assemble(parts)
+    speech.add_lora(LORA)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for name, p in speech.hf.named_parameters():
+            if "lora_B" in name:  # B starts at zero: make the adapter do something
+                p.copy_(0.2 * torch.randn_like(p))
+    speech.eval()
+    batch = _collate(speech, _examples())
+    with torch.no_grad():
+        embeds = speech.embed_inputs(batch.input_ids, batch.features, batch.feature_lengths)
+        hidden = speech.language_model(
+            inputs_embeds=embeds, attention_mask=batch.attention_mask
+        ).last_hidden_state
+        loss = float(_loss(speech, batch).loss)
+        merge_lora(speech)
+        assert not speech.has_lora and not speech.config.has_lora_adapter
+        assert not any("lora_" in n for n, _ in speech.hf.named_parameters())
+        hidden2 = speech.language_model(
+            inputs_embeds=embeds, attention_mask=batch.attention_mask
+        ).last_hidden_state
+        loss2 = float(_loss(speech, batch).loss)
+    # the adapter mattered, and merging kept it
+    base = _assemble(parts).eval()
+    with torch.no_grad():
+        hidden0 = base.language_model(
+            inputs_embeds=embeds, attention_mask=batch.attention_mask
+        ).last_hidden_state
+    assert (hidden0 - hidden).abs().max() > 1e-3
+    torch.testing.assert_close(hidden2, hidden, atol=1e-5, rtol=0)
+    assert loss2 == pytest.approx(loss, abs=1e-5)
+    assert set(speech.hf.state_dict()) == set(
+        GraniteSpeechForConditionalGeneration(speech.config).state_dict()
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# a tiny training run
+# ------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    from tests.corpus import make_corpus
+
+    root = tmp_path_factory.mktemp("s2corpus")
+    make_corpus(root, "train", n=4, num_shards=1, durations=(0.5, 0.8), seed=1)
+    make_corpus(root, "test", n=2, num_shards=1, durations=(0.5, 0.8), seed=2)
+    return root
+
+
+def _run_overrides(parts, corpus: Path, out: Path, *extra: str) -> list[str]:
+    proj = [f"+model.projector.{k}={v}" for k, v in PROJ.items() if k != "preset"]
+    return [
+        f"output_dir={out}",
+        f"model.encoder={parts['encoder']}",
+        f"model.llm={parts['llm']}",
+        *proj,
+        f"data.train.sources=[{{name: tr, path: '{corpus}/train', kind: parquet, language: en, task: asr}}]",
+        f"data.val.sources=[{{name: te, path: '{corpus}/test', kind: parquet, language: en, task: asr}}]",
+        "data.train.max_frames=200",
+        "data.train.shuffle_buffer=4",
+        "data.train.num_buckets=1",
+        "data.val.max_frames=400",
+        "data.num_workers=0",
+        "logger=csv",
+        "trainer.enable_progress_bar=false",
+        "trainer.log_every_n_steps=1",
+        "trainer.threads=1",
+        "trainer.precision=32-true",
+        "trainer.export_hf=false",
+        "optim.lr=3e-3",
+        "optim.schedule.warmup_steps=2",
+        "validation.max_new_tokens=8",
+        *extra,
+    ]
+
+
+def test_training_run_overfits_and_checkpoints(parts, corpus, tmp_path, capfd):
+    from granite_train.cli import load_recipe
+    from granite_train.training.callbacks import read_metrics_csv
+    from granite_train.training.run import train
+
+    cfg = load_recipe(
+        "speech_llm_tiny_en",
+        _run_overrides(
+            parts,
+            corpus,
+            tmp_path,
+            "trainer.max_steps=20",
+            "trainer.val_every_n_steps=20",
+            "trainer.checkpoint_every_n_steps=20",
+        ),
+    )
+    result = train(cfg)
+    assert result.global_step == 20
+    printed = capfd.readouterr()
+    assert "[stage 2] trainable" in printed.out + printed.err
+    rows = read_metrics_csv(tmp_path / "metrics.csv")
+    losses = [r["train/loss"] for r in rows if "train/loss" in r]
+    assert len(losses) >= 15
+    first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
+    assert last < 0.7 * first, losses
+    assert any("val/wer" in r for r in rows) and any("val/loss" in r for r in rows)
+    assert (tmp_path / "processor").is_dir()
+    ckpt = torch.load(result.last_checkpoint, map_location="cpu", weights_only=False)
+    info = ckpt["speech_llm"]
+    assert info["config"]["model_type"] == "granite_speech" and info["lora"] is None
+    assert info["config"]["projector_config"]["hidden_size"] == 32
+    _, enc_state = read_hf_folder(parts["encoder"])
+    state = ckpt["state_dict"]
+    for k, v in enc_state.items():  # the frozen encoder (BatchNorm statistics too) is as it was
+        assert torch.equal(state[f"model.hf.model.encoder.{k}"], v), k
+    # the LLM trained (recipe: llm=true), so the run did change weights
+    base = AutoModelForCausalLM.from_pretrained(str(parts["llm"]))
+    assert not torch.equal(state["model.hf.model.language_model.norm.weight"], base.model.norm.weight)
+
+
+def test_training_run_skips_nan_step(parts, corpus, tmp_path):
+    from granite_train.cli import load_recipe
+    from granite_train.training.run import train
+
+    cfg = load_recipe(
+        "speech_llm_tiny_en",
+        _run_overrides(
+            parts,
+            corpus,
+            tmp_path,
+            "trainer.max_steps=4",
+            "trainer.val_every_n_steps=null",
+            "debug.fault_injection={nan_loss_at_steps: [2]}",
+        ),
+    )
+    result = train(cfg)
+    assert result.global_step == 4
+    assert result.counters["nonfinite_steps"] == 1
+    assert result.counters["target_tokens"] > 0
