@@ -70,7 +70,7 @@ def run_demo(cfg: Mapping[str, Any]) -> str:
     from granite_train.cli import load_recipe
     from granite_train.eval.generate import run_generate_eval
     from granite_train.eval.run import run_eval
-    from granite_train.models.tiny_llm import build_tiny_llm, corpus_texts
+    from granite_train.models.tiny_llm import build_tiny_llm, corpus_texts, pretrain_text_lm
     from granite_train.training.run import train
 
     demo = dict(cfg["demo"])
@@ -107,13 +107,10 @@ def run_demo(cfg: Mapping[str, Any]) -> str:
         from granite_train.data.prompts import ASR_INSTRUCTIONS
 
         prompts = [f"USER: {i}\n ASSISTANT:" for i in ASR_INSTRUCTIONS] * 20
-        build_tiny_llm(
-            llm_dir,
-            corpus_texts(corpus) + prompts,
-            demo["llm"]["preset"],
-            int(demo["llm"]["vocab_size"]),
-            seed=seed,
-        )
+        texts = corpus_texts(corpus)
+        build_tiny_llm(llm_dir, texts + prompts, demo["llm"]["preset"], int(demo["llm"]["vocab_size"]), seed=seed)
+        if int(demo["llm"].get("pretrain_steps", 0)):  # a *base* LLM knows the language
+            pretrain_text_lm(llm_dir, texts, steps=int(demo["llm"]["pretrain_steps"]), seed=seed)
 
     overrides = [*paths, f"model.encoder={encoder_dir}", f"model.llm={llm_dir}", *demo["stage2_overrides"]]
     with timer.phase("stage 2: Q-Former + LLM"):

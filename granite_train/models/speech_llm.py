@@ -335,6 +335,21 @@ def _load_tokenizer(path: str | Path, trust_remote_code: bool = False):
     return tokenizer
 
 
+@torch.no_grad()
+def _init_projector(projector: nn.Module, std: float) -> None:
+    """A new projector's linear layers ~ N(0, std) (its config's ``initializer_range``).
+
+    The model-wide init uses the LLM's range (0.02). At that scale the encoder's contribution to a
+    fresh Q-Former's output is a few percent of the learned queries', and a small LLM trained from
+    scratch learns to ignore the audio tokens; a larger range for the projector avoids that.
+    """
+    for module in projector.modules():
+        if isinstance(module, nn.Linear):
+            module.weight.normal_(0.0, std)
+            if module.bias is not None:
+                module.bias.zero_()
+
+
 def assemble_speech_llm(
     encoder: str | Path | CTCEncoder,
     llm: str | Path,
@@ -380,6 +395,7 @@ def assemble_speech_llm(
         tie_word_embeddings=bool(getattr(base.config, "tie_word_embeddings", True)),
     )
     hf = GraniteSpeechForConditionalGeneration(config)
+    _init_projector(hf.model.projector, qformer.initializer_range)
     hf.model.encoder = encoder
     hf.model.language_model.load_state_dict(base.model.state_dict(), strict=True)
     if config.tie_word_embeddings:

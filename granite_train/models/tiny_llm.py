@@ -13,7 +13,7 @@ template ``USER: {content}\\n ASSISTANT:``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -124,11 +124,66 @@ def build_tiny_llm(
     return out_dir
 
 
+def pretrain_text_lm(
+    llm_dir: str | Path,
+    texts: Sequence[str],
+    steps: int = 600,
+    batch_size: int = 64,
+    lr: float = 2e-3,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, float]:
+    """Pretrain the tiny LLM in ``llm_dir`` as a language model on ``texts``, in place.
+
+    A random LLM is no stand-in for a *base* LLM: granite-4.0-1b-base knows the language before
+    stage 2 starts. A few hundred steps on the training transcripts give the tiny one that prior
+    (each text is a sequence ``" " + text + EOS``, the form of a stage-2 target). Returns the first
+    and last training losses.
+    """
+    import torch
+    from tqdm import tqdm
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(llm_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(llm_dir)).train()
+    eos = tokenizer.eos_token_id
+    seqs = [
+        ids + [eos] for ids in tokenizer([" " + t.strip() for t in texts], add_special_tokens=False).input_ids
+    ]
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
+    losses = []
+    bar = tqdm(
+        range(steps), desc="text LM pretraining", unit="step", disable=not progress, dynamic_ncols=True
+    )
+    for _ in bar:
+        picks = torch.randint(len(seqs), (batch_size,), generator=generator).tolist()
+        width = max(len(seqs[i]) for i in picks)
+        ids = torch.full((batch_size, width), tokenizer.pad_token_id, dtype=torch.long)
+        labels = torch.full((batch_size, width), -100, dtype=torch.long)
+        for row, i in enumerate(picks):
+            ids[row, : len(seqs[i])] = torch.tensor(seqs[i])
+            labels[row, : len(seqs[i])] = torch.tensor(seqs[i])
+        loss = model(input_ids=ids, attention_mask=(labels != -100).long(), labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(float(loss))
+        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    model.save_pretrained(str(llm_dir))
+    return {"first_loss": losses[0], "last_loss": sum(losses[-20:]) / len(losses[-20:])}
+
+
 def corpus_texts(path: str | Path, split: str = "train", column: str = "text") -> list[str]:
     """Transcripts of a parquet corpus folder written by ``granite-tts`` (``<path>/<split>/*.parquet``)."""
     import pyarrow.parquet as pq
 
-    files = sorted(Path(path).glob(f"{split}/**/*.parquet")) or sorted(Path(path).glob(f"**/{split}*.parquet"))
+    files = sorted(Path(path).glob(f"{split}/**/*.parquet")) or sorted(
+        Path(path).glob(f"**/{split}*.parquet")
+    )
     if not files:
         raise FileNotFoundError(f"no {split} parquet files under {path}")
     texts: list[str] = []
@@ -150,6 +205,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--preset", default="tiny", choices=sorted(LLM_PRESETS))
     parser.add_argument("--vocab-size", type=int, default=1024)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--pretrain-steps", type=int, default=0, help="text LM pretraining steps on the texts"
+    )
     args = parser.parse_args(argv)
     texts: list[str] = []
     for corpus in args.corpus:
@@ -162,6 +220,9 @@ def main(argv: list[str] | None = None) -> None:
     prompts = [f"USER: {i}\n ASSISTANT:" for i in ASR_INSTRUCTIONS + AST_INSTRUCTIONS]
     out = build_tiny_llm(args.out, texts + prompts * 20, args.preset, args.vocab_size, args.seed)
     print(f"[tiny-llm] {args.preset} Granite LLM + {args.vocab_size}-token BPE ({len(texts)} texts) -> {out}")
+    if args.pretrain_steps:
+        losses = pretrain_text_lm(out, texts, steps=args.pretrain_steps, seed=args.seed)
+        print(f"[tiny-llm] text LM pretraining: loss {losses['first_loss']:.2f} -> {losses['last_loss']:.2f}")
 
 
 if __name__ == "__main__":
