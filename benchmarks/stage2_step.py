@@ -1,6 +1,6 @@
 """Stage-2 training-step benchmark: SpeechLLM vs transformers' GraniteSpeechForConditionalGeneration.
 
-    nice -n 19 .venv/bin/python benchmarks/stage2_step.py                     # CPU: tiny and medium
+    nice -n 19 .venv/bin/python benchmarks/stage2_step.py --threads 1        # CPU: tiny and medium
     .venv/bin/python benchmarks/stage2_step.py --device cuda                  # full size, bf16, 32 x 30 s
     .venv/bin/python benchmarks/stage2_step.py --sizes full --dry-run         # full size on `meta`: counts
 
@@ -15,19 +15,23 @@ positions, fp32 cross-entropy); the reference is the plain transformers call
 One step = forward + loss + backward (+ ``AdamW.step()`` with ``--optimizer``). Every utterance of
 the batch has the same length: the reference has no padding mask, so only equal lengths make the
 two compute the same thing. Before timing, the losses of both (dropout off) are printed with their
-absolute difference. Steps alternate (ours, reference, ours, ...) after warm-up, and the median is
-reported, so machine noise hits both alike.
+absolute difference. Steps alternate (ours, reference, ours, ...) after warm-up, and the medians
+are reported, so machine noise hits both alike. On CPU the process CPU time of a step is printed
+too: on a shared machine it is steadier than wall time, the more so with ``--threads 1`` (idle
+OpenMP threads spin while the others are descheduled).
 
 Peak memory is the step's transient memory above the resting state (weights, batch, optimizer
-state), so the two models resident in one process do not count against each other:
+state), so the two models resident in one process do not count against each other; "model +
+step" adds that model's own parameter and buffer bytes.
 
 * CUDA: ``torch.cuda.max_memory_allocated()`` after ``reset_peak_memory_stats()`` minus the
-  allocated bytes at the step's start. "model + step" adds that model's own parameter and buffer bytes.
+  allocated bytes at the step's start, over the timed steps.
 * CPU: the kernel's resident-set high-water mark (``VmHWM`` in ``/proc/self/status``, reset by
-  writing ``5`` to ``/proc/self/clear_refs`` before each step) minus ``VmRSS`` at the step's start.
-  That is allocator-independent, but glibc would otherwise keep freed blocks resident and reuse them
-  unseen, so the script sets fixed ``mallopt`` mmap / trim thresholds (64 KiB / 128 KiB) at start:
-  every tensor larger than 64 KiB is its own mapping, returned to the kernel when freed. Linux only.
+  writing ``5`` to ``/proc/self/clear_refs`` before the step) minus ``VmRSS`` at the step's start:
+  allocator-independent, and exact rather than sampled. glibc would otherwise keep freed blocks
+  resident and reuse them unseen, so ``malloc_trim(0)`` runs before the step, and these steps run
+  with fixed malloc thresholds (:class:`Glibc`): three per model after the timed ones, median
+  (they vary by a few MiB of small blocks). Linux + glibc only (``nan`` elsewhere).
 
 Sizes (``--sizes``): ``tiny`` (4 x 128 encoder, tiny projector, 4 x 256 LLM with a 4096-token BPE
 tokenizer from ``data_prep/texts/en.txt`` built by ``build_tiny_llm``; batch 8 x 4 s), ``medium``
@@ -46,6 +50,7 @@ layers and a dense shared MLP, which computes what ``GraniteConfig`` / ``Granite
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import ctypes
 import math
@@ -161,16 +166,37 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 # --------------------------------------------------------------------------------------------------
 # memory
 # --------------------------------------------------------------------------------------------------
-def fix_malloc_thresholds() -> bool:
-    """Fixed glibc mmap / trim thresholds, so that freed tensors leave the resident set (CPU peaks)."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
+class Glibc:
+    """glibc malloc thresholds: exact (64 KiB mmap / 128 KiB trim) for CPU peaks, else 32 / 64 MiB.
+
+    glibc raises its mmap threshold to the largest block freed (up to 32 MiB) and keeps freed heap
+    blocks resident for reuse, which the resident set cannot see. With the exact thresholds every
+    block over 64 KiB is its own mapping, returned when freed; that costs page faults (steps about 2x
+    slower on CPU), so only the memory steps run with them, and the timed steps run with glibc's
+    steady state (its dynamic maxima, 32 MiB / 64 MiB).
+    """
+
+    def __init__(self):
+        try:
+            self.libc = ctypes.CDLL("libc.so.6")
+        except OSError:
+            self.libc = None
+
+    def exact(self, on: bool) -> bool:
+        if self.libc is None:
+            return False
         m_trim_threshold, m_mmap_threshold = -1, -3
-        return bool(libc.mallopt(m_mmap_threshold, 64 * 1024)) and bool(
-            libc.mallopt(m_trim_threshold, 128 * 1024)
-        )
-    except OSError:
-        return False
+        mmap, trim = (64 * 1024, 128 * 1024) if on else (32 * 2**20, 64 * 2**20)
+        ok = self.libc.mallopt(m_mmap_threshold, mmap)
+        return bool(ok and self.libc.mallopt(m_trim_threshold, trim))
+
+    def trim(self) -> None:
+        """Hand the free blocks that the heaps still hold back to the kernel (out of the resident set)."""
+        if self.libc is not None:
+            self.libc.malloc_trim(0)
+
+
+GLIBC = Glibc()
 
 
 def _proc_status_kib(field_name: str) -> int:
@@ -206,6 +232,7 @@ class StepPeak:
             torch.cuda.reset_peak_memory_stats()
             self.base = torch.cuda.memory_allocated()
         elif self.available:
+            GLIBC.trim()  # resident = live: blocks freed by an earlier step must not be reused unseen
             self._reset_hwm()
             self.base = 1024 * _proc_status_kib("VmRSS")
 
@@ -253,7 +280,17 @@ def speech_config(spec: Size) -> GraniteSpeechConfig:
     )
 
 
-def build_ours(spec: Size, build_device: str, attn_impl: str, workdir: Path) -> SpeechLLM:
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype):
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def build_ours(spec: Size, build_device: str, dtype: torch.dtype, attn_impl: str, workdir: Path) -> SpeechLLM:
     torch.manual_seed(0)
     if "bpe_vocab" in spec.llm:  # the real assembly route: LLM folder + tokenizer, stage-1 encoder
         texts = (REPO / "data_prep" / "texts" / "en.txt").read_text(encoding="utf-8").splitlines()
@@ -264,16 +301,18 @@ def build_ours(spec: Size, build_device: str, attn_impl: str, workdir: Path) -> 
             encoder, llm_dir, projector={"preset": spec.projector}, attn_impl=attn_impl
         )
     config = speech_config(spec)
-    with torch.device(build_device):  # full size: build straight on the GPU / on `meta`
+    # straight on the GPU / on `meta`, in the target dtype: full size fits CPU memory twice over
+    with torch.device(build_device), default_dtype(dtype):
         hf = GraniteSpeechForConditionalGeneration(config)
         return SpeechLLM(hf, AudioIdOnly(config.audio_token_index), attn_impl=attn_impl)
 
 
 def build_reference(speech: SpeechLLM, lora: LoraSettings, build_device: str):
     """A plain transformers model (reference encoder), same LoRA, same weights, same trainable set."""
-    with torch.device(build_device):
+    dtype = next(speech.encoder.parameters()).dtype
+    with torch.device(build_device), default_dtype(dtype):
         ref = GraniteSpeechForConditionalGeneration(copy.deepcopy(speech.config))
-        ref.to(next(speech.encoder.parameters()).dtype)  # as ours: cast, then LoRA (peft picks its dtype)
+        ref.to(dtype)  # as ours: cast, then LoRA (peft picks its dtype)
         ref.add_adapter(lora.peft_config())
     ref.load_state_dict(speech.hf.state_dict(), strict=True, assign=build_device == "meta")
     if ref.config.tie_word_embeddings:
@@ -367,7 +406,7 @@ def run(size: str, args) -> dict[str, Any]:
     result: dict[str, Any] = {"size": size}
 
     with tempfile.TemporaryDirectory() as tmp:
-        speech = build_ours(spec, build_device, args.attn_impl, Path(tmp))
+        speech = build_ours(spec, build_device, dtype, args.attn_impl, Path(tmp))
     speech.to(dtype)
     speech.add_lora(lora)
     speech.set_trainable(projector=True, lora=True, llm=False, encoder=False)
@@ -402,20 +441,22 @@ def run(size: str, args) -> dict[str, Any]:
     # the two losses, dropout off
     set_train_mode(speech, ref, False)
     with torch.no_grad():
-        lo = float(ours_loss(speech, b))
+        loss_o = float(ours_loss(speech, b))
         try:
-            lr = float(reference_loss(ref, b))
+            loss_r = float(reference_loss(ref, b))
         except (torch.OutOfMemoryError, RuntimeError) as exc:
             if not is_oom(exc):
                 raise
-            lr = float("nan")
+            loss_r = float("nan")
             print("  reference forward: out of memory")
-    result.update(loss_ours=lo, loss_ref=lr, loss_diff=abs(lo - lr))
+    result.update(loss_ours=loss_o, loss_ref=loss_r, loss_diff=abs(loss_o - loss_r))
     note = ""
-    if dtype != torch.float32 and lr == lr and lr > 0:  # the reference's cross-entropy runs in bf16
-        note = f"; the reference's loss is a bf16 number (spacing {2.0 ** (math.floor(math.log2(lr)) - 7):g} here)"
+    if dtype != torch.float32 and loss_r == loss_r and loss_r > 0:  # its cross-entropy ran in bf16
+        spacing = 2.0 ** (math.floor(math.log2(loss_r)) - 7)
+        note = f"; the reference's loss is a bf16 number (spacing {spacing:g} here)"
+    diff = abs(loss_o - loss_r)
     print(
-        f"  loss ours {lo:.7f}  reference {lr:.7f}  |diff| {abs(lo - lr):.1e}  (eval mode, no dropout{note})"
+        f"  loss ours {loss_o:.7f}  reference {loss_r:.7f}  |diff| {diff:.1e}  (eval mode, no dropout{note})"
     )
     if args.dry_run:
         return result
@@ -424,77 +465,87 @@ def run(size: str, args) -> dict[str, Any]:
     opt_ours = torch.optim.AdamW([p for p in speech.parameters() if p.requires_grad], lr=1e-5)
     opt_ref = torch.optim.AdamW([p for p in ref.parameters() if p.requires_grad], lr=1e-5)
     peak = StepPeak(device)
+    ref_ok = loss_r == loss_r  # not NaN (OOM in the forward)
 
-    def step(model_loss, opt) -> None:
+    def step(model_loss, opt) -> tuple[float, float, float]:
+        """(wall s, process CPU s, transient peak bytes) of one step."""
+        peak.start()
+        wall, cpu = time.perf_counter(), time.process_time()
         model_loss().backward()
         if args.optimizer:
             opt.step()
         opt.zero_grad(set_to_none=True)
-
-    def timed(model_loss, opt) -> tuple[float, float]:
-        peak.start()
-        start = time.perf_counter()
-        step(model_loss, opt)
         if device == "cuda":
             torch.cuda.synchronize()
-        return time.perf_counter() - start, peak.stop()
+        return time.perf_counter() - wall, time.process_time() - cpu, peak.stop()
 
     def ours_step():
-        return timed(lambda: ours_loss(speech, b), opt_ours)
-
-    ref_ok = lr == lr  # not NaN (OOM in the forward)
+        return step(lambda: ours_loss(speech, b), opt_ours)
 
     def ref_step():
         nonlocal ref_ok
         if not ref_ok:
             return None
         try:
-            return timed(lambda: reference_loss(ref, b), opt_ref)
+            return step(lambda: reference_loss(ref, b), opt_ref)
         except (torch.OutOfMemoryError, RuntimeError) as exc:
             if not is_oom(exc):
                 raise
-            ref_ok = False
-            opt_ref.zero_grad(set_to_none=True)
-            if device == "cuda":
-                torch.cuda.empty_cache()
-            print("  reference step: out of memory")
-            return None
+        # outside the `except`: its traceback no longer holds the step's tensors
+        ref_ok = False
+        opt_ref.zero_grad(set_to_none=True)
+        if device == "cuda":
+            torch.cuda.empty_cache()
+        print("  reference step: out of memory")
+        return None
 
     for _ in range(args.warmup):
         ours_step()
         ref_step()
-    t_ours, m_ours, t_ref, m_ref = [], [], [], []
+    runs: dict[str, list[tuple[float, float, float]]] = {"ours": [], "ref": []}
     for _ in range(args.steps):
-        t, m = ours_step()
-        t_ours.append(t)
-        m_ours.append(m)
-        r = ref_step()
-        if r is not None:
-            t_ref.append(r[0])
-            m_ref.append(r[1])
+        runs["ours"].append(ours_step())
+        if (r := ref_step()) is not None:
+            runs["ref"].append(r)
+    peaks = {name: max(m for *_, m in steps) for name, steps in runs.items() if steps}
+    if device == "cpu":  # peaks from separate steps with exact malloc thresholds (they slow steps down)
+        exact = GLIBC.exact(True)
+        mem: dict[str, list[float]] = {"ours": [], "ref": []}
+        for _ in range(3):
+            mem["ours"].append(ours_step()[2])
+            if (r := ref_step()) is not None:
+                mem["ref"].append(r[2])
+        peaks = {name: statistics.median(m) for name, m in mem.items() if m}
+        GLIBC.exact(False)
+        if not exact:
+            peaks = {name: float("nan") for name in peaks}
 
     gib = 2**30
-    to, po = statistics.median(t_ours), max(m_ours)
     audio_s = batch_size * seconds
-    result.update(time_ours=to, peak_ours=po, throughput_ours=audio_s / to)
     what = "forward + backward" + (" + AdamW step" if args.optimizer else " (no optimizer step)")
-    print(f"  step = {what}, median of {args.steps} after {args.warmup} warm-up, interleaved")
-    own_o, own_r = module_bytes(speech), module_bytes(ref)
-    if ref_ok and t_ref:
-        tr, pr = statistics.median(t_ref), max(m_ref)
-        result.update(time_ref=tr, peak_ref=pr, throughput_ref=audio_s / tr)
-        print(
-            f"  reference step {1000 * tr:10.1f} ms  {audio_s / tr:8.1f} audio-s/s  "
-            f"peak +{pr / gib:6.2f} GiB  (model + step {(own_r + pr) / gib:6.2f} GiB)"
-        )
     print(
-        f"  ours step      {1000 * to:10.1f} ms  {audio_s / to:8.1f} audio-s/s  "
-        f"peak +{po / gib:6.2f} GiB  (model + step {(own_o + po) / gib:6.2f} GiB)"
+        f"  step = {what}; median of {args.steps} after {args.warmup} warm-up, ours / reference interleaved"
     )
-    if "time_ref" in result:
-        result.update(time_ratio=to / result["time_ref"], peak_ratio=po / result["peak_ref"])
+    own = {"ours": module_bytes(speech), "ref": module_bytes(ref)}
+    for name, label in (("ref", "reference"), ("ours", "ours")):
+        if not runs[name]:
+            continue
+        wall = statistics.median(w for w, _, _ in runs[name])
+        cpu = statistics.median(c for _, c, _ in runs[name])
+        result.update({f"time_{name}": wall, f"cpu_{name}": cpu, f"peak_{name}": peaks[name]})
+        result[f"throughput_{name}"] = audio_s / wall
+        cpu_s = f"  cpu {1000 * cpu:9.1f} ms" if device == "cpu" else ""
         print(
-            f"  ratio ours/reference: time {result['time_ratio']:.2f}x, step peak memory "
+            f"  {label:9s} step {1000 * wall:9.1f} ms{cpu_s}  {audio_s / wall:8.1f} audio-s/s  "
+            f"peak +{peaks[name] / gib:6.3f} GiB  (model + step {(own[name] + peaks[name]) / gib:6.2f} GiB)"
+        )
+    if "time_ref" in result:
+        result["time_ratio"] = result["time_ours"] / result["time_ref"]
+        result["cpu_ratio"] = result["cpu_ours"] / result["cpu_ref"]
+        result["peak_ratio"] = result["peak_ours"] / result["peak_ref"]
+        cpu_s = f", CPU time {result['cpu_ratio']:.2f}x" if device == "cpu" else ""
+        print(
+            f"  ratio ours/reference: step time {result['time_ratio']:.2f}x{cpu_s}, step peak memory "
             f"{result['peak_ratio']:.2f}x (goal <= 1.0x)"
         )
     else:
@@ -522,6 +573,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--optimizer", action="store_true", help="include AdamW.step() in the step")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     parser.add_argument("--attn-impl", default="sdpa", choices=["sdpa", "math"], help="our encoder's kernel")
     parser.add_argument(
         "--dry-run",
@@ -536,8 +588,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda: no CUDA device available")
     sizes = args.sizes or ("full" if args.device == "cuda" else "tiny,medium")
-    malloc = "fixed malloc thresholds" if args.device == "cpu" and fix_malloc_thresholds() else ""
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}" + (f", {malloc}" if malloc else ""))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
     results = []
     for size in sizes.split(","):
         results.append(run(size.strip(), args))

@@ -39,7 +39,6 @@ def _micro(bench):
 
 def test_losses_agree_and_interleaved_step_runs(bench, monkeypatch):
     monkeypatch.setitem(bench.SIZES, "micro", _micro(bench))
-    # run(), not main(): main() also changes glibc's malloc thresholds for the whole process
     args = bench.parse_args(["--steps", "1", "--warmup", "0", "--lora-rank", "8", "--optimizer"])
     result = bench.run("micro", args)
     assert result["loss_diff"] < 1e-4

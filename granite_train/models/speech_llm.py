@@ -141,7 +141,8 @@ class SpeechLLM(nn.Module):
         if not isinstance(encoder, CTCEncoder):
             ours = CTCEncoder(hf.config.encoder_config, attn_impl=attn_impl)
             ours.load_state_dict(encoder.state_dict(), strict=True)
-            ours.to(next(encoder.parameters()).dtype)
+            reference = next(encoder.parameters())
+            ours.to(device=reference.device, dtype=reference.dtype)
             hf.model.encoder = ours
         self.hf = hf
         self.tokenizer = tokenizer

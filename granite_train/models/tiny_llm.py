@@ -152,7 +152,10 @@ def pretrain_text_lm(
     ]
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
+    from granite_train.training.schedules import build_schedule
+
+    warmup = build_schedule("cosine", steps, lr, warmup_steps=max(1, steps // 10))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup)
     losses = []
     bar = tqdm(
         range(steps), desc="text LM pretraining", unit="step", disable=not progress, dynamic_ncols=True
