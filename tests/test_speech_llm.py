@@ -324,7 +324,7 @@ def corpus(tmp_path_factory) -> Path:
 
 
 def _run_overrides(parts, corpus: Path, out: Path, *extra: str) -> list[str]:
-    proj = [f"+model.projector.{k}={v}" for k, v in PROJ.items() if k != "preset"]
+    proj = [f"++model.projector.{k}={v}" for k, v in PROJ.items() if k != "preset"]
     return [
         f"output_dir={out}",
         f"model.encoder={parts['encoder']}",

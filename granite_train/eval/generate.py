@@ -46,7 +46,13 @@ from granite_train.data.prompts import PromptBuilder, PromptConfig, SpeechLLMCol
 from granite_train.data.sources import SourceSpec
 from granite_train.eval.biasing import biasing_error_rates, biasing_markdown
 from granite_train.eval.metrics import NO_SPACE_LANGUAGES, error_rates
-from granite_train.eval.report import EvalResult, _normalizer_label, _pct, write_results_json
+from granite_train.eval.report import (
+    EvalResult,
+    _normalizer_label,
+    _pct,
+    write_hypotheses,
+    write_results_json,
+)
 from granite_train.eval.run import (
     SAMPLE_RATE,
     EvalDataset,
@@ -480,11 +486,7 @@ def evaluate_speech_llm(
     finally:
         speech.train(was_training)
     if hypotheses_path is not None:
-        path = Path(hypotheses_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w") as f:
-            for row in all_rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        write_hypotheses(all_rows, hypotheses_path)
     return results
 
 

@@ -127,3 +127,13 @@ def results_to_markdown(results: Sequence[EvalResult], average: bool = False) ->
             )
         )
     return "\n".join(lines) + "\n"
+
+
+def write_hypotheses(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
+    """One JSON object per line (per utterance: id, reference, hypothesis, ...)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return path

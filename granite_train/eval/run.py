@@ -23,7 +23,6 @@ Per dataset::
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import time
@@ -50,7 +49,7 @@ from granite_train.data.prepare import PrepareConfig
 from granite_train.data.sources import SourceSpec
 from granite_train.eval.ctc_decode import greedy_ctc_decode
 from granite_train.eval.metrics import error_rates
-from granite_train.eval.report import EvalResult, results_to_markdown, write_results_json
+from granite_train.eval.report import EvalResult, results_to_markdown, write_hypotheses, write_results_json
 from granite_train.text.normalize import NORMALIZER_NAMES
 from granite_train.text.vocab import CharVocab
 
@@ -393,11 +392,7 @@ def evaluate_ctc(
     finally:
         encoder.train(was_training)
     if hypotheses_path is not None:
-        path = Path(hypotheses_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w") as f:
-            for row in all_rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        write_hypotheses(all_rows, hypotheses_path)
     return results
 
 
