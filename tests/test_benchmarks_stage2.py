@@ -49,6 +49,12 @@ def test_losses_agree_and_interleaved_step_runs(bench, monkeypatch):
 
 def test_full_size_dry_run_builds_on_meta(bench):
     result = bench.run("full", bench.parse_args(["--dry-run"]))
-    assert 1.5e9 < result["params"] < 2.2e9
+    # granite-4.0-1b-speech shapes: 16 x 1024 encoder (440,168,796 as transformers counts it), 2-layer
+    # Q-Former + projection to 2048, 40-layer GQA LLM (vocab 100353)
+    assert result["params"] == 2_124_658_012
+    # trainable = projector + LoRA r64 on q (2048->2048) and v (2048->512, 4 kv heads x 128), 40 layers
+    lora = 40 * 64 * ((2048 + 2048) + (2048 + 512))
+    assert lora == 17_039_360
+    assert result["trainable"] == lora + 35_697_664
     assert result["seq_len"] == 20 + 300 + 100  # 32 x 30 s: 300 audio tokens, ~100 target tokens
     assert "loss_diff" not in result  # nothing computed on `meta`
