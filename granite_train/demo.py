@@ -17,7 +17,6 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-PROMPT = "<|audio|>can you transcribe the speech into a written format?"
 
 
 class _Timer:
@@ -40,7 +39,11 @@ def transcribe_with_transformers(model_dir: str | Path, waveform, max_new_tokens
 
     processor = AutoProcessor.from_pretrained(str(model_dir))
     model = AutoModelForSpeechSeq2Seq.from_pretrained(str(model_dir)).eval()
-    chat = [{"role": "user", "content": PROMPT}]
+    from granite_train.data.prompts import ASR_INSTRUCTIONS
+    from granite_train.models.speech_llm import AUDIO_TOKEN
+
+    # the published instruction, as training and evaluation use it
+    chat = [{"role": "user", "content": AUDIO_TOKEN + ASR_INSTRUCTIONS[0]}]
     prompt = processor.tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
     inputs = processor(prompt, torch.as_tensor(waveform, dtype=torch.float32), return_tensors="pt")
     with torch.no_grad():
