@@ -18,7 +18,6 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
-
 class _Timer:
     def __init__(self) -> None:
         self.phases: dict[str, float] = {}
@@ -107,11 +106,14 @@ def run_demo(cfg: Mapping[str, Any]) -> str:
 
     llm_dir = work / "llm" / "tiny_en"
     with timer.phase("tiny LLM + tokenizer"):
-        from granite_train.data.prompts import ASR_INSTRUCTIONS
+        from granite_train.data.prompts import ASR_INSTRUCTIONS, normalize_target
 
         prompts = [f"USER: {i}\n ASSISTANT:" for i in ASR_INSTRUCTIONS] * 20
-        texts = corpus_texts(corpus)
-        build_tiny_llm(llm_dir, texts + prompts, demo["llm"]["preset"], int(demo["llm"]["vocab_size"]), seed=seed)
+        # the tokenizer learns the form the targets take (recipe: prompts.normalize_targets)
+        texts = [normalize_target(t) for t in corpus_texts(corpus)]
+        build_tiny_llm(
+            llm_dir, texts + prompts, demo["llm"]["preset"], int(demo["llm"]["vocab_size"]), seed=seed
+        )
         if int(demo["llm"].get("pretrain_steps", 0)):  # a *base* LLM knows the language
             pretrain_text_lm(llm_dir, texts, steps=int(demo["llm"]["pretrain_steps"]), seed=seed)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from granite_train.models.export import export_hf_encoder, read_hf_folder
 from granite_train.models.speech_llm import (
     AUDIO_TOKEN,
     IGNORE_INDEX,
+    AudioCTCHead,
     LoraSettings,
     SpeechLLM,
     assemble_speech_llm,
@@ -207,6 +209,124 @@ def test_padded_batch_loss_equals_each_example_alone(speech):
     assert whole.num_tokens == sum(s.num_tokens for s in singles)
 
 
+def _ctc_head(speech: SpeechLLM, seed: int = 3) -> AudioCTCHead:
+    torch.manual_seed(seed)
+    return AudioCTCHead(speech.config.text_config.hidden_size, len(speech.tokenizer))
+
+
+def test_audio_ctc_equals_ctc_of_each_utterance(speech):
+    examples = _examples((16000, 12000, 24000))
+    batch = _collate(speech, examples)
+    head = _ctc_head(speech)
+    with torch.no_grad():
+        plain = _loss(speech, batch)
+        out = speech(
+            batch.input_ids,
+            batch.attention_mask,
+            batch.features,
+            batch.feature_lengths,
+            batch.labels,
+            audio_ctc_head=head,
+            audio_ctc_weight=0.5,
+        )
+        audio, counts = speech.audio_embeds(batch.features, batch.feature_lengths)
+    assert out.audio_ctc_dropped == 0 and out.audio_ctc_loss is not None
+    assert float(out.lm_loss) == pytest.approx(float(plain.loss), abs=1e-6)
+    assert float(out.loss) == pytest.approx(float(out.lm_loss) + 0.5 * float(out.audio_ctc_loss), abs=1e-5)
+    # by hand, one utterance at a time: pad token as blank, targets = labelled tokens minus EOS
+    total, n_targets = 0.0, 0
+    for i in range(len(examples)):
+        target = batch.labels[i][batch.labels[i] != IGNORE_INDEX]
+        assert int(target[-1]) == speech.tokenizer.eos_token_id
+        target = target[:-1]
+        with torch.no_grad():
+            log_probs = head(audio[i, : counts[i]]).log_softmax(-1)
+        total += float(
+            torch.nn.functional.ctc_loss(
+                log_probs,
+                target,
+                [int(counts[i])],
+                [len(target)],
+                blank=speech.tokenizer.pad_token_id,
+                reduction="sum",
+            )
+        )
+        n_targets += len(target)
+    assert float(out.audio_ctc_loss) == pytest.approx(total / n_targets, rel=1e-4)
+    # the head is blind to the audio tokens' scale
+    with torch.no_grad():
+        assert torch.allclose(head(3.0 * audio), head(audio), atol=2e-3)  # up to the LayerNorm eps
+
+
+def _widened(batch, extra: int):
+    """input_ids / attention_mask / labels of ``batch`` with ``extra`` more right-padding columns."""
+    pad = lambda t, v: torch.cat([t, torch.full((t.shape[0], extra), v, dtype=t.dtype)], dim=1)  # noqa: E731
+    return pad(batch.input_ids, 1), pad(batch.attention_mask, 0), pad(batch.labels, IGNORE_INDEX)
+
+
+def _with_target(labels: torch.Tensor, row: int, target: list[int]) -> torch.Tensor:
+    """``labels`` with row ``row``'s target replaced by ``target`` + EOS (same start)."""
+    labels = labels.clone()
+    start = int((labels[row] != IGNORE_INDEX).nonzero()[0])
+    labels[row, start:] = IGNORE_INDEX
+    labels[row, start : start + len(target) + 1] = torch.tensor(target + [0])
+    return labels
+
+
+def test_audio_ctc_drops_and_counts_utterances_it_cannot_align(speech):
+    batch = _collate(speech, _examples((16000, 7000)))
+    n_audio = [int((ids == speech.audio_token_id).sum()) for ids in batch.input_ids]
+    input_ids, attention_mask, wide = _widened(batch, 2 * max(n_audio) + 2)
+    head = _ctc_head(speech)
+
+    def run(labels):
+        with torch.no_grad():
+            return speech(
+                input_ids,
+                attention_mask,
+                batch.features,
+                batch.feature_lengths,
+                labels,
+                audio_ctc_head=head,
+                audio_ctc_weight=1.0,
+            )
+
+    with torch.no_grad():
+        audio, counts = speech.audio_embeds(batch.features, batch.feature_lengths)
+        first_alone, dropped = speech.audio_ctc_loss(audio[:1], counts[:1], wide[:1], head)
+    assert dropped == 0 and counts.tolist() == n_audio
+    # more target tokens than audio tokens: left out and counted; the CTC term is the other row's
+    out = run(_with_target(wide, 1, [5, 6] * n_audio[1]))
+    assert out.audio_ctc_dropped == 1
+    assert float(out.audio_ctc_loss) == pytest.approx(float(first_alone), rel=1e-5)
+    assert float(out.loss) == pytest.approx(float(out.lm_loss) + float(first_alone), rel=1e-5)
+    # as many tokens as audio tokens, but repeats need blanks between them: not alignable either
+    assert run(_with_target(wide, 1, [5] * n_audio[1])).audio_ctc_dropped == 1
+    assert run(_with_target(wide, 1, [5, 6] * (n_audio[1] // 2))).audio_ctc_dropped == 0  # fits
+    # nothing alignable: no CTC term at all, the loss is the LM loss
+    labels = _with_target(_with_target(wide, 0, [5] * n_audio[0]), 1, [5] * n_audio[1])
+    none_left = run(labels)
+    assert none_left.audio_ctc_dropped == 2 and none_left.audio_ctc_loss is None
+    assert float(none_left.loss) == float(none_left.lm_loss)
+
+
+def test_audio_ctc_trains_projector_and_head_not_the_llm(parts):
+    speech = _assemble(parts)
+    speech.set_trainable(projector=True, lora=False, llm=True)
+    head = _ctc_head(speech)
+    batch = _collate(speech, _examples((16000, 24000)))
+    audio, counts = speech.audio_embeds(batch.features, batch.feature_lengths)
+    ctc, dropped = speech.audio_ctc_loss(audio, counts, batch.labels, head)
+    assert dropped == 0
+    ctc.backward()
+    llm = [p for p in speech.language_model.parameters() if p.requires_grad]
+    assert llm and all(p.grad is None for p in llm)
+    grads = {n: p.grad for n, p in speech.projector.named_parameters()}
+    for name in ("query", "linear.weight"):
+        assert grads[name] is not None and float(grads[name].abs().max()) > 0, name
+    assert float(head.proj.weight.grad.abs().max()) > 0
+
+
 def test_audio_embeddings_equal_transformers_reference(speech):
     reference = GraniteSpeechForConditionalGeneration(speech.config).eval()
     reference.load_state_dict(speech.hf.state_dict(), strict=True)
@@ -392,6 +512,7 @@ def test_training_run_overfits_and_checkpoints(parts, corpus, tmp_path, capfd):
 
 def test_training_run_skips_nan_step(parts, corpus, tmp_path):
     from granite_train.cli import load_recipe
+    from granite_train.training.callbacks import read_metrics_csv
     from granite_train.training.run import train
 
     cfg = load_recipe(
@@ -403,9 +524,19 @@ def test_training_run_skips_nan_step(parts, corpus, tmp_path):
             "trainer.max_steps=4",
             "trainer.val_every_n_steps=null",
             "debug.fault_injection={nan_loss_at_steps: [2]}",
+            "model.loss.audio_ctc_weight=0.5",
         ),
     )
     result = train(cfg)
     assert result.global_step == 4
     assert result.counters["nonfinite_steps"] == 1
     assert result.counters["target_tokens"] > 0
+    # the auxiliary CTC head trains and is logged, but stays out of the model (and its export)
+    rows = read_metrics_csv(tmp_path / "metrics.csv")
+    ctc = [r["train/audio_ctc_loss"] for r in rows if "train/audio_ctc_loss" in r]
+    assert ctc and all(math.isfinite(v) and v > 0 for v in ctc)
+    pairs = [(r["train/lm_loss"], r["train/loss"]) for r in rows if "train/lm_loss" in r]
+    assert pairs and all(lm <= total for lm, total in pairs if math.isfinite(total))
+    state = torch.load(result.last_checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    assert "audio_ctc_head.proj.weight" in state
+    assert not any("audio_ctc" in k for k in state if k.startswith("model."))

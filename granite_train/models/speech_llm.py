@@ -121,9 +121,33 @@ class LoraSettings:
 
 @dataclass
 class SpeechLLMOutput:
-    loss: torch.Tensor  # mean token cross-entropy over labelled positions (fp32)
+    loss: torch.Tensor  # training objective: cross-entropy (+ audio_ctc_weight * audio CTC), fp32
     num_tokens: int  # labelled positions in the batch
     num_correct: int  # of those, argmax == label (teacher-forced token accuracy)
+    lm_loss: torch.Tensor | None = None  # mean token cross-entropy over labelled positions
+    audio_ctc_loss: torch.Tensor | None = None  # the auxiliary audio-token CTC, when on
+    audio_ctc_dropped: int = 0  # utterances left out of it: more target tokens than audio tokens
+    audio_rms: float | None = None  # scale of the real audio tokens (vs the text embeddings')
+
+
+class AudioCTCHead(nn.Module):
+    """Training-only CTC head on the projected audio tokens: LayerNorm (no affine) + Linear.
+
+    Auxiliary loss ``model.loss.audio_ctc_weight`` (not in the published recipe): each audio token
+    predicts the LLM token spoken there, blank = the pad token. It makes the projector carry the
+    transcript's content from the first steps, which a Q-Former trained with a small LLM from
+    scratch does not otherwise do on a CPU budget (RESULTS.md, "Stage 2: why the tiny model did
+    not learn"). The LayerNorm keeps it blind to the audio tokens' scale, which it leaves to the
+    LLM. It is not part of the exported model.
+    """
+
+    def __init__(self, width: int, vocab_size: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(width, elementwise_affine=False)
+        self.proj = nn.Linear(width, vocab_size)
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.norm(audio))
 
 
 class SpeechLLM(nn.Module):
@@ -259,6 +283,9 @@ class SpeechLLM(nn.Module):
     ):
         """LLM input embeddings with each utterance's audio tokens written at its ``<|audio|>`` positions."""
         embeds, counts = self.audio_embeds(features, feature_lengths)
+        return self._merge_audio(input_ids, embeds, counts)
+
+    def _merge_audio(self, input_ids: torch.Tensor, embeds: torch.Tensor, counts: torch.Tensor):
         n_placeholders = (input_ids == self.audio_token_id).sum(dim=1)
         if not torch.equal(n_placeholders.cpu(), counts.cpu()):
             raise ValueError(
@@ -277,9 +304,16 @@ class SpeechLLM(nn.Module):
         features: torch.Tensor,
         feature_lengths: torch.Tensor | None,
         labels: torch.Tensor,
+        audio_ctc_head: AudioCTCHead | None = None,
+        audio_ctc_weight: float = 0.0,
     ) -> SpeechLLMOutput:
-        """Mean next-token cross-entropy over the positions with a label (``labels != -100``)."""
-        inputs_embeds = self.embed_inputs(input_ids, features, feature_lengths)
+        """Mean next-token cross-entropy over the positions with a label (``labels != -100``).
+
+        With ``audio_ctc_head`` and ``audio_ctc_weight`` > 0 the loss adds the auxiliary
+        audio-token CTC (:class:`AudioCTCHead`, :meth:`audio_ctc_loss`).
+        """
+        audio, counts = self.audio_embeds(features, feature_lengths)
+        inputs_embeds = self._merge_audio(input_ids, audio, counts)
         hidden = self.hf.model.language_model(
             inputs_embeds=inputs_embeds, attention_mask=attention_mask, use_cache=False
         ).last_hidden_state
@@ -291,9 +325,64 @@ class SpeechLLM(nn.Module):
             raise ValueError("batch has no labelled target tokens")
         logits = self.hf.lm_head(hidden[:, :-1][picked]).float()
         gold = targets[picked]
-        loss = F.cross_entropy(logits, gold)
+        lm_loss = F.cross_entropy(logits, gold)
         correct = int((logits.detach().argmax(-1) == gold).sum())
-        return SpeechLLMOutput(loss=loss, num_tokens=num_tokens, num_correct=correct)
+        real = inputs_embeds[input_ids == self.audio_token_id].detach()
+        out = SpeechLLMOutput(
+            loss=lm_loss,
+            num_tokens=num_tokens,
+            num_correct=correct,
+            lm_loss=lm_loss.detach(),
+            audio_rms=float(real.float().pow(2).mean().sqrt()) if real.numel() else None,
+        )
+        if audio_ctc_head is not None and audio_ctc_weight > 0:
+            ctc, dropped = self.audio_ctc_loss(audio, counts, labels, audio_ctc_head)
+            out.audio_ctc_dropped = dropped
+            if ctc is not None:
+                out.loss = lm_loss + audio_ctc_weight * ctc
+                out.audio_ctc_loss = ctc.detach()
+        return out
+
+    def audio_ctc_loss(
+        self,
+        audio: torch.Tensor,
+        counts: torch.Tensor,
+        labels: torch.Tensor,
+        head: AudioCTCHead,
+    ) -> tuple[torch.Tensor | None, int]:
+        """Mean per-token CTC of ``head`` on the audio tokens (B, Q, D) against each row's targets
+        (its labelled tokens but the final EOS); the blank is the pad token.
+
+        Rows whose targets (labelled tokens but the final EOS) cannot be aligned to their audio
+        tokens (more tokens, counting a blank between repeats, than audio tokens) are left out and
+        counted. Returns (loss or None if no row is left, dropped).
+        """
+        blank = self.tokenizer.pad_token_id
+        if blank is None:
+            raise ValueError("the audio-token CTC uses the pad token as its blank; the tokenizer has none")
+        targets = [row[row != IGNORE_INDEX][:-1] for row in labels]
+        target_lengths = torch.tensor([len(t) for t in targets])
+        # a CTC path needs a frame per token plus a blank between equal neighbours
+        needed = torch.tensor([len(t) + int((t[1:] == t[:-1]).sum()) for t in targets])
+        counts = counts.cpu()
+        keep = (needed <= counts) & (target_lengths > 0)
+        dropped = int((~keep).sum())
+        if not bool(keep.any()):
+            return None, dropped
+        rows = keep.nonzero().squeeze(1)
+        logits = head(audio[rows.to(audio.device)]).float()
+        log_probs = logits.log_softmax(-1).transpose(0, 1)  # (Q, B, V)
+        flat = torch.cat([targets[i] for i in rows.tolist()]).to(audio.device)
+        loss = F.ctc_loss(
+            log_probs,
+            flat,
+            counts[rows],
+            target_lengths[rows],
+            blank=blank,
+            reduction="sum",
+            zero_infinity=True,
+        )
+        return loss / target_lengths[rows].sum().clamp_min(1).to(loss.device), dropped
 
     @torch.no_grad()
     def generate(
@@ -508,6 +597,7 @@ def format_counts(counts: Mapping[str, int]) -> str:
 __all__: Sequence[str] = [
     "AUDIO_TOKEN",
     "IGNORE_INDEX",
+    "AudioCTCHead",
     "LoraSettings",
     "PROJECTOR_PRESETS",
     "SpeechLLM",

@@ -131,29 +131,31 @@ def pretrain_text_lm(
     batch_size: int = 64,
     lr: float = 2e-3,
     seed: int = 0,
+    normalize: bool = True,
     progress: bool = True,
 ) -> dict[str, float]:
     """Pretrain the tiny LLM in ``llm_dir`` as a language model on ``texts``, in place.
 
     A random LLM is no stand-in for a *base* LLM: granite-4.0-1b-base knows the language before
     stage 2 starts. A few hundred steps on the training transcripts give the tiny one that prior
-    (each text is a sequence ``" " + text + EOS``, the form of a stage-2 target). Returns the first
-    and last training losses.
+    (each text is a sequence ``" " + text + EOS``, the form of a stage-2 target; ``normalize``:
+    lower-cased without punctuation, as ``prompts.normalize_targets`` makes them). Returns the
+    first and last training losses.
     """
     import torch
     from tqdm import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(llm_dir))
-    model = AutoModelForCausalLM.from_pretrained(str(llm_dir)).train()
-    eos = tokenizer.eos_token_id
-    seqs = [
-        ids + [eos] for ids in tokenizer([" " + t.strip() for t in texts], add_special_tokens=False).input_ids
-    ]
-    generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    from granite_train.data.prompts import normalize_target
     from granite_train.training.schedules import build_schedule
 
+    tokenizer = AutoTokenizer.from_pretrained(str(llm_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(llm_dir)).train()
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    clean = [normalize_target(t) if normalize else t.strip() for t in texts]
+    seqs = [ids + [eos] for ids in tokenizer([" " + t for t in clean], add_special_tokens=False).input_ids]
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     warmup = build_schedule("cosine", steps, lr, warmup_steps=max(1, steps // 10))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup)
     losses = []
@@ -163,7 +165,7 @@ def pretrain_text_lm(
     for _ in bar:
         picks = torch.randint(len(seqs), (batch_size,), generator=generator).tolist()
         width = max(len(seqs[i]) for i in picks)
-        ids = torch.full((batch_size, width), tokenizer.pad_token_id, dtype=torch.long)
+        ids = torch.full((batch_size, width), pad, dtype=torch.long)
         labels = torch.full((batch_size, width), -100, dtype=torch.long)
         for row, i in enumerate(picks):
             ids[row, : len(seqs[i])] = torch.tensor(seqs[i])
@@ -199,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
     """``python -m granite_train.models.tiny_llm --corpus DIR --out DIR``: a local stand-in base LLM."""
     import argparse
 
-    from granite_train.data.prompts import ASR_INSTRUCTIONS, AST_INSTRUCTIONS
+    from granite_train.data.prompts import ASR_INSTRUCTIONS, AST_INSTRUCTIONS, normalize_target
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--out", required=True, help="output folder")
@@ -211,6 +213,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--pretrain-steps", type=int, default=0, help="text LM pretraining steps on the texts"
     )
+    parser.add_argument(
+        "--keep-case",
+        action="store_true",
+        help="train the tokenizer and LM on the texts as they are (default: lower-cased, no "
+        "punctuation, as stage-2 targets are with prompts.normalize_targets)",
+    )
     args = parser.parse_args(argv)
     texts: list[str] = []
     for corpus in args.corpus:
@@ -219,12 +227,16 @@ def main(argv: list[str] | None = None) -> None:
         texts += [line.strip() for line in open(file, encoding="utf-8") if line.strip()]
     if not texts:
         parser.error("give at least one --corpus or --texts")
+    if not args.keep_case:  # the form stage-2 targets take with prompts.normalize_targets
+        texts = [normalize_target(t) for t in texts]
     # the prompts are text the model always reads: let them tokenize compactly too
     prompts = [f"USER: {i}\n ASSISTANT:" for i in ASR_INSTRUCTIONS + AST_INSTRUCTIONS]
     out = build_tiny_llm(args.out, texts + prompts * 20, args.preset, args.vocab_size, args.seed)
     print(f"[tiny-llm] {args.preset} Granite LLM + {args.vocab_size}-token BPE ({len(texts)} texts) -> {out}")
     if args.pretrain_steps:
-        losses = pretrain_text_lm(out, texts, steps=args.pretrain_steps, seed=args.seed)
+        losses = pretrain_text_lm(
+            out, texts, steps=args.pretrain_steps, seed=args.seed, normalize=not args.keep_case
+        )
         print(f"[tiny-llm] text LM pretraining: loss {losses['first_loss']:.2f} -> {losses['last_loss']:.2f}")
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from granite_train.eval.metrics import error_rates
-from granite_train.models.speech_llm import build_speech_llm, format_counts
+from granite_train.models.speech_llm import AudioCTCHead, build_speech_llm, format_counts
 from granite_train.training.step_module import StepSkippingModule
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,15 @@ class SpeechLLMModule(StepSkippingModule):
         super().__init__(optim, total_steps, seed=seed, fault_injection=fault_injection)
         self.save_hyperparameters()
         self.model = build_speech_llm(model)
+        self.audio_ctc_weight = float((model.get("loss") or {}).get("audio_ctc_weight", 0.0))
+        if self.audio_ctc_weight < 0:
+            raise ValueError(f"model.loss.audio_ctc_weight must be >= 0, not {self.audio_ctc_weight}")
+        # training-only: it lives here, not in the exported model
+        self.audio_ctc_head = None
+        if self.audio_ctc_weight > 0:
+            self.audio_ctc_head = AudioCTCHead(
+                self.model.config.text_config.hidden_size, len(self.model.tokenizer)
+            )
         self.param_counts = self.model.parameter_counts()
         log.info("%s", format_counts(self.param_counts))
         self.val_normalizer = val_normalizer
@@ -69,13 +78,33 @@ class SpeechLLMModule(StepSkippingModule):
     def on_fit_start(self) -> None:
         if self.trainer.is_global_zero:
             print(f"[stage 2] {format_counts(self.param_counts)}", flush=True)
+            if self.audio_ctc_head is not None:
+                n = sum(p.numel() for p in self.audio_ctc_head.parameters())
+                print(
+                    f"[stage 2] + audio-token CTC head (weight {self.audio_ctc_weight}, training only): "
+                    f"{n:,} parameters",
+                    flush=True,
+                )
 
     def compute_loss(self, batch):
         out = self.model(
-            batch.input_ids, batch.attention_mask, batch.features, batch.feature_lengths, batch.labels
+            batch.input_ids,
+            batch.attention_mask,
+            batch.features,
+            batch.feature_lengths,
+            batch.labels,
+            audio_ctc_head=self.audio_ctc_head,
+            audio_ctc_weight=self.audio_ctc_weight,
         )
         self.counters["target_tokens"] += out.num_tokens
-        return out.loss, {"token_acc": out.num_correct / out.num_tokens}
+        extra = {"token_acc": out.num_correct / out.num_tokens, "lm_loss": out.lm_loss}
+        if out.audio_rms is not None:
+            extra["audio_rms"] = out.audio_rms
+        if out.audio_ctc_loss is not None:
+            extra["audio_ctc_loss"] = out.audio_ctc_loss
+        if out.audio_ctc_dropped:
+            self.counters["skipped/audio_ctc_too_short"] += out.audio_ctc_dropped
+        return out.loss, extra
 
     # ------------------------------------------------------------------------------------------
     # validation
