@@ -12,7 +12,6 @@ from typing import Any
 import torch
 
 from granite_train.eval.ctc_decode import greedy_ctc_decode
-from granite_train.eval.metrics import error_rates
 from granite_train.models.ctc_loss import SelfConditionedCTCLoss
 from granite_train.models.encoder import CTCEncoder, encoder_config
 from granite_train.text.vocab import CharVocab
@@ -99,20 +98,7 @@ class CTCPretrainModule(StepSkippingModule):
             self.log("val/loss", total / count, rank_zero_only=True)
         if not refs:
             return
-        scores = error_rates(refs, hyps, normalizer=self.val_normalizer)
-        if scores["cer"] is not None:
-            self.log("val/cer", scores["cer"], prog_bar=True, rank_zero_only=True)
-        if scores["wer"] is not None:
-            self.log("val/wer", scores["wer"], rank_zero_only=True)
-        log.info(
-            "step %d: val CER %.4f WER %.4f on %d utterances (e.g. %r -> %r)",
-            self.global_step,
-            scores["cer"] or 0,
-            scores["wer"] or 0,
-            len(refs),
-            refs[0],
-            hyps[0],
-        )
+        self.log_error_rates(refs, hyps, self.val_normalizer, primary="cer")
         self.log_mixture()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -15,7 +15,6 @@ from typing import Any
 
 import torch
 
-from granite_train.eval.metrics import error_rates
 from granite_train.models.speech_llm import AudioCTCHead, build_speech_llm, format_counts
 from granite_train.training.step_module import StepSkippingModule
 
@@ -149,20 +148,7 @@ class SpeechLLMModule(StepSkippingModule):
         normalizer = self.val_normalizer
         if normalizer == "auto":
             normalizer = "whisper_english" if language in (None, "en") else "basic"
-        scores = error_rates(val["refs"], val["hyps"], normalizer=normalizer, language=language or "en")
-        if scores["wer"] is not None:
-            self.log("val/wer", scores["wer"], prog_bar=True, rank_zero_only=True)
-        if scores["cer"] is not None:
-            self.log("val/cer", scores["cer"], rank_zero_only=True)
-        log.info(
-            "step %d: val WER %.4f CER %.4f on %d utterances (e.g. %r -> %r)",
-            self.global_step,
-            scores["wer"] or 0,
-            scores["cer"] or 0,
-            len(val["refs"]),
-            val["refs"][0],
-            val["hyps"][0],
-        )
+        self.log_error_rates(val["refs"], val["hyps"], normalizer, language=language or "en", primary="wer")
         self.log_mixture()
 
     # ------------------------------------------------------------------------------------------

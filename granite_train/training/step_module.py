@@ -177,6 +177,35 @@ class StepSkippingModule(L.LightningModule):
         self.log("train/audio_hours", self.counters["audio_seconds"] / 3600.0, batch_size=bsz)
         self.log_counters(bsz)
 
+    def log_error_rates(
+        self,
+        refs: list[str],
+        hyps: list[str],
+        normalizer: str,
+        language: str = "en",
+        primary: str = "cer",
+    ) -> dict[str, Any]:
+        """Log validation CER and WER (``primary`` on the progress bar) and one example; return them."""
+        from granite_train.eval.metrics import error_rates
+
+        scores = error_rates(refs, hyps, normalizer=normalizer, language=language)
+        order = ("cer", "wer") if primary == "cer" else ("wer", "cer")
+        for key in order:
+            if scores[key] is not None:
+                self.log(f"val/{key}", scores[key], prog_bar=key == primary, rank_zero_only=True)
+        log.info(
+            "step %d: val %s %.4f %s %.4f on %d utterances (e.g. %r -> %r)",
+            self.global_step,
+            order[0].upper(),
+            scores[order[0]] or 0,
+            order[1].upper(),
+            scores[order[1]] or 0,
+            len(refs),
+            refs[0],
+            hyps[0],
+        )
+        return scores
+
     def log_counters(self, bsz: int) -> None:
         for key, value in self.counters.items():
             if key.startswith(("seen/", "skipped/")):
