@@ -31,6 +31,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--attention-multiplier",
+        type=float,
+        default=None,
+        help="GraniteConfig.attention_multiplier (softmax scale) of the new LLM (default: the preset's)",
+    )
     args = parser.parse_args(argv)
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -41,7 +47,8 @@ def main(argv: list[str] | None = None) -> None:
 
     texts = [normalize_target(t) for t in corpus_texts(args.corpus)]
     prompts = [f"USER: {i}\n ASSISTANT:" for i in ASR_INSTRUCTIONS] * 20
-    build_tiny_llm(args.out, texts + prompts, "tiny", 1024, args.seed)
+    overrides = {} if args.attention_multiplier is None else {"attention_multiplier": args.attention_multiplier}
+    build_tiny_llm(args.out, texts + prompts, "tiny", 1024, args.seed, **overrides)
     tokenizer = AutoTokenizer.from_pretrained(args.out)
     model = AutoModelForCausalLM.from_pretrained(args.out).train()
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id

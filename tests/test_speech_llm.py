@@ -128,6 +128,14 @@ def test_assembly_route_a_keeps_weights_and_released_layout(parts, speech):
     assert speech.config.projector_config.hidden_size == 32
 
 
+def test_tiny_llm_attention_uses_the_standard_softmax_scale(parts):
+    # GraniteConfig.attention_multiplier replaces 1/sqrt(head_dim); its default 1.0 would make
+    # the tiny LLM's attention 4-8x sharper than standard
+    config = AutoModelForCausalLM.from_pretrained(str(parts["llm"])).config
+    head_dim = config.hidden_size // config.num_attention_heads
+    assert config.attention_multiplier == pytest.approx(head_dim**-0.5)
+
+
 def test_tokenizer_without_audio_token_gets_it_and_embeddings_resize(parts, tmp_path):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import GraniteConfig, GraniteForCausalLM, PreTrainedTokenizerFast

@@ -33,6 +33,10 @@ CHAT_TEMPLATE = (
 )
 
 # Granite LLM shapes: ``tiny`` for CPU tests / demos; the published base for reference.
+# GraniteConfig's attention_multiplier *is* the softmax scale (its default 1.0 means no
+# 1/sqrt(head_dim)); the released Granite models set it to 1/head_dim (their muP setting).
+# The presets use the standard 1/sqrt(head_dim): at 1.0 the tiny LLM's attention learns much
+# more slowly (RESULTS.md, "Stage 2: why the tiny model did not learn").
 LLM_PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(
         hidden_size=256,
@@ -41,6 +45,7 @@ LLM_PRESETS: dict[str, dict[str, Any]] = {
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=2048,
+        attention_multiplier=(256 // 4) ** -0.5,
     ),
     "micro": dict(  # unit tests: a few hundred thousand parameters
         hidden_size=64,
@@ -49,6 +54,7 @@ LLM_PRESETS: dict[str, dict[str, Any]] = {
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=1024,
+        attention_multiplier=(64 // 4) ** -0.5,
     ),
 }
 
