@@ -353,9 +353,9 @@ class SpeechLLM(nn.Module):
         """Mean per-token CTC of ``head`` on the audio tokens (B, Q, D) against each row's targets
         (its labelled tokens but the final EOS); the blank is the pad token.
 
-        Rows whose targets (labelled tokens but the final EOS) cannot be aligned to their audio
-        tokens (more tokens, counting a blank between repeats, than audio tokens) are left out and
-        counted. Returns (loss or None if no row is left, dropped).
+        Rows whose targets cannot be aligned to their audio tokens (more tokens, counting a blank
+        between repeats, than audio tokens) are left out and counted. Returns (loss or None if no
+        row is left, dropped).
         """
         blank = self.tokenizer.pad_token_id
         if blank is None:

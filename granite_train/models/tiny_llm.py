@@ -33,10 +33,6 @@ CHAT_TEMPLATE = (
 )
 
 # Granite LLM shapes: ``tiny`` for CPU tests / demos; the published base for reference.
-# GraniteConfig's attention_multiplier *is* the softmax scale (its default 1.0 means no
-# 1/sqrt(head_dim)); the released Granite models set it to 1/head_dim (their muP setting).
-# The presets use the standard 1/sqrt(head_dim): at 1.0 the tiny LLM's attention learns much
-# more slowly (RESULTS.md, "Stage 2: why the tiny model did not learn").
 LLM_PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(
         hidden_size=256,
@@ -45,7 +41,6 @@ LLM_PRESETS: dict[str, dict[str, Any]] = {
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=2048,
-        attention_multiplier=(256 // 4) ** -0.5,
     ),
     "micro": dict(  # unit tests: a few hundred thousand parameters
         hidden_size=64,
@@ -54,7 +49,6 @@ LLM_PRESETS: dict[str, dict[str, Any]] = {
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=1024,
-        attention_multiplier=(64 // 4) ** -0.5,
     ),
 }
 
@@ -115,8 +109,13 @@ def build_tiny_llm(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = train_bpe_tokenizer(texts, vocab_size=vocab_size)
+    shape = {**LLM_PRESETS[preset], **overrides}
+    # GraniteConfig's attention_multiplier *is* the softmax scale (default 1.0: no 1/sqrt(head_dim);
+    # the released Granite models use 1/head_dim, their muP setting). At 1.0 the tiny LLM's
+    # attention learns much more slowly (RESULTS.md, "Stage 2: why the tiny model did not learn").
+    shape.setdefault("attention_multiplier", (shape["hidden_size"] // shape["num_attention_heads"]) ** -0.5)
     config = GraniteConfig(
-        **{**LLM_PRESETS[preset], **overrides},
+        **shape,
         vocab_size=len(tokenizer),
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -137,29 +136,28 @@ def pretrain_text_lm(
     batch_size: int = 64,
     lr: float = 2e-3,
     seed: int = 0,
-    normalize: bool = True,
     progress: bool = True,
 ) -> dict[str, float]:
     """Pretrain the tiny LLM in ``llm_dir`` as a language model on ``texts``, in place.
 
     A random LLM is no stand-in for a *base* LLM: granite-4.0-1b-base knows the language before
     stage 2 starts. A few hundred steps on the training transcripts give the tiny one that prior
-    (each text is a sequence ``" " + text + EOS``, the form of a stage-2 target; ``normalize``:
-    lower-cased without punctuation, as ``prompts.normalize_targets`` makes them). Returns the
-    first and last training losses.
+    (each text is a sequence ``" " + text + EOS``, the form of a stage-2 target: pass the texts as
+    the targets look, e.g. through ``prompts.normalize_target``). Returns the first and last
+    training losses.
     """
     import torch
     from tqdm import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from granite_train.data.prompts import normalize_target
     from granite_train.training.schedules import build_schedule
 
     tokenizer = AutoTokenizer.from_pretrained(str(llm_dir))
     model = AutoModelForCausalLM.from_pretrained(str(llm_dir)).train()
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    clean = [normalize_target(t) if normalize else t.strip() for t in texts]
-    seqs = [ids + [eos] for ids in tokenizer([" " + t for t in clean], add_special_tokens=False).input_ids]
+    seqs = [
+        ids + [eos] for ids in tokenizer([" " + t.strip() for t in texts], add_special_tokens=False).input_ids
+    ]
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     warmup = build_schedule("cosine", steps, lr, warmup_steps=max(1, steps // 10))
@@ -240,9 +238,7 @@ def main(argv: list[str] | None = None) -> None:
     out = build_tiny_llm(args.out, texts + prompts * 20, args.preset, args.vocab_size, args.seed)
     print(f"[tiny-llm] {args.preset} Granite LLM + {args.vocab_size}-token BPE ({len(texts)} texts) -> {out}")
     if args.pretrain_steps:
-        losses = pretrain_text_lm(
-            out, texts, steps=args.pretrain_steps, seed=args.seed, normalize=not args.keep_case
-        )
+        losses = pretrain_text_lm(out, texts, steps=args.pretrain_steps, seed=args.seed)
         print(f"[tiny-llm] text LM pretraining: loss {losses['first_loss']:.2f} -> {losses['last_loss']:.2f}")
 
 
