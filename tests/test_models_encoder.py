@@ -5,6 +5,7 @@ import torch
 from transformers.models.granite_speech.modeling_granite_speech import GraniteSpeechCTCEncoder
 
 from granite_train.models import CTCEncoder, encoder_config
+from granite_train.models.encoder import attention_dists, shaw_bias
 
 # small blocks so that a 21-frame input spans several attention blocks and a partial last one
 TEST_OVERRIDES = dict(
@@ -183,6 +184,45 @@ def test_bf16_autocast_cpu():
     assert torch.isfinite(out.logits).all() and torch.isfinite(out.mid_logits).all()
     out.logits.float().logsumexp(-1).mean().backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("context_size,max_pos_emb", [(8, 16), (8, 8), (200, 512)])
+def test_shaw_bias_equals_reference_gather(context_size, max_pos_emb):
+    """The one-GEMM relative shift gives the reference's bias values and gradients."""
+    torch.manual_seed(9)
+    table = torch.randn(2 * max_pos_emb + 1, 4, requires_grad=True)
+    query = torch.randn(3, 2, context_size, 4, requires_grad=True)
+    dists = attention_dists(context_size, max_pos_emb)
+    ref_bias = torch.einsum("b h c d, c r d -> b h c r", query, table[dists])
+    bias = shaw_bias(query, table, max_pos_emb)
+    assert bias.shape == ref_bias.shape
+    torch.testing.assert_close(bias, ref_bias, rtol=1e-5, atol=1e-5)
+    weights = torch.randn_like(ref_bias)
+    ref_grads = torch.autograd.grad((ref_bias * weights).sum(), [query, table])
+    grads = torch.autograd.grad((bias * weights).sum(), [query, table])
+    for ours, theirs in zip(grads, ref_grads):
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+
+
+def test_bf16_sdpa_path_matches_math_path(ref):
+    """Under bf16 autocast the sdpa path (shaw_bias, fp32 depthwise conv) is as close to fp32 as math."""
+    x = torch.randn(2, 21, 160)
+    lengths = torch.tensor([21, 12])
+
+    def run(impl, autocast):
+        model = _ours(ref, impl).train()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            logits = model(x, lengths).logits.float()
+        logits[1, :12].square().mean().backward()
+        return logits, model.layers[0].attn.rel_pos_emb.weight.grad
+
+    exact_logits, exact_grad = run("math", False)
+    (math_logits, math_grad), (sdpa_logits, sdpa_grad) = run("math", True), run("sdpa", True)
+    assert exact_grad.abs().sum() > 0
+    math_err = (math_logits - exact_logits).abs().max()
+    assert (sdpa_logits - exact_logits).abs().max() <= 2 * math_err
+    math_err = (math_grad - exact_grad).abs().max()
+    assert (sdpa_grad - exact_grad).abs().max() <= 2 * math_err
 
 
 def test_bad_attn_impl():
