@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Idempotent set-up: system packages (espeak-ng), a virtualenv, granite-train with pinned deps.
+# Idempotent set-up: system packages (espeak-ng, apertium-eng-spa), a virtualenv, granite-train with pinned deps.
 # Re-running is cheap: pip runs again only when pyproject.toml or constraints.txt changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -7,6 +7,8 @@ VENV=${GT_VENV:-.venv}
 
 missing=()
 command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
+# Apertium English-Spanish: the offline MT backend of data_prep.translate (its test translates for real)
+apertium -l 2>/dev/null | grep -qE '^\s*(en-es|eng-spa)\s*$' || missing+=(apertium apertium-eng-spa)
 if ((${#missing[@]})); then
   echo "[setup] installing system packages: ${missing[*]}"
   SUDO=""

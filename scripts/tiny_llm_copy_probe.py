@@ -3,8 +3,9 @@
 Builds a fresh tiny Granite LLM (as the demo does) and trains it on a mix of
 * language-model rows: ``" " + transcript + EOS``, and
 * copy rows: the stage-2 ASR prompt with its audio span filled with the transcript's first
-  ``--max-tokens`` tokens at random positions among blanks (the pad token), 1.3-2.2 span positions
-  per token and 10% of them replaced by random tokens; loss on the target only.
+  ``--max-tokens`` tokens at random positions among blanks (the pad token), ``--span-factor``
+  (default 1.3-2.2) span positions per token and ``--noise`` (10%) of them replaced by random
+  tokens; loss on the target only.
 
 A copy row is what stage 2 asks of the LLM once the projector carries the transcript: read the
 span in order. Prints the loss of each row type; copying is learned when the copy loss falls well
@@ -28,6 +29,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--copy-share", type=float, default=0.5)
     parser.add_argument("--max-tokens", type=int, default=16, help="target tokens per copy row")
+    parser.add_argument(
+        "--span-factor", default="1.3,2.2", help="span positions per target token: a uniform range LO,HI"
+    )
+    parser.add_argument("--noise", type=float, default=0.1, help="share of span tokens replaced at random")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
@@ -38,6 +43,9 @@ def main(argv: list[str] | None = None) -> None:
         help="GraniteConfig.attention_multiplier (softmax scale) of the new LLM (default: the preset's)",
     )
     args = parser.parse_args(argv)
+    span_lo, span_hi = (float(x) for x in args.span_factor.split(","))
+    if not 1.0 <= span_lo <= span_hi:
+        parser.error("--span-factor needs 1 <= LO <= HI")
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -63,11 +71,11 @@ def main(argv: list[str] | None = None) -> None:
     def copy_row(seq: list[int]) -> tuple[list[int], list[int]]:
         target = seq[:-1][: args.max_tokens]
         n = len(target)
-        span = max(n, int(n * (1.3 + 0.9 * rand())))
+        span = max(n, int(n * (span_lo + (span_hi - span_lo) * rand())))
         where = sorted(torch.randperm(span, generator=gen)[:n].tolist())
         audio = [pad] * span
         for pos, tok in zip(where, target):
-            audio[pos] = tok if rand() > 0.1 else int(torch.randint(2, audio_id, (), generator=gen))
+            audio[pos] = tok if rand() >= args.noise else int(torch.randint(2, audio_id, (), generator=gen))
         instruction = ASR_INSTRUCTIONS[int(torch.randint(len(ASR_INSTRUCTIONS), (), generator=gen))]
         prompt = builder.prompt_ids(instruction, span)
         at = prompt.index(audio_id)

@@ -244,13 +244,15 @@ def test_kill_9_then_resume_is_bit_identical(corpus, tmp_path):
                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=300)
 
     kill_after = random.randint(2, 10)  # micro-batches seen before the kill
+    # own session: the kill takes the loader worker too, as a job scheduler's would (a worker
+    # orphaned by killing the trainer alone can linger)
     proc = subprocess.Popen(_cli(*_overrides(corpus, killed, *RESUME)), env=_env(), cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
     while len(_samples(killed)) < kill_after and proc.poll() is None and time.time() < deadline:
         time.sleep(0.01)
     assert proc.poll() is None, "the run ended before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     interrupted = len(_samples(killed))
     assert interrupted < 12

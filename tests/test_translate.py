@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import socket
 import threading
 from collections import Counter
@@ -29,7 +30,7 @@ from data_prep.translate import (
 from data_prep.translate.__main__ import main as cli_main
 from data_prep.translate.__main__ import run_cli
 from data_prep.translate.agreement import is_empty
-from data_prep.translate.backends import clean_output
+from data_prep.translate.backends import apertium_modes, clean_output
 from data_prep.translate.generate import STATE_DIR, TRANSCRIPTION_TEMPLATE, features
 from granite_train.data.sources import SourceSpec
 from tests.corpus import audio_bytes, make_corpus, speechlike, write_parquet
@@ -854,3 +855,122 @@ def test_cli_transformers_backend_and_errors(server: FakeServer, tiny_models, co
         run_cli(_set(_cli_args(server, src, tmp_path / "ko"), "--target-languages", "de,ko"))
     with pytest.raises(SystemExit, match="needs --secondary-base-url"):
         run_cli(_set(_cli_args(server, src, tmp_path / "nourl"), "--secondary-base-url", None))
+
+
+# -------------------------------------------------------------------------------- Apertium
+
+FAKE_APERTIUM = r"""#!/usr/bin/env python3
+# Stand-in for the apertium CLI: -l lists modes; a mode tags every line with itself.
+import os, sys
+args = [a for a in sys.argv[1:] if a != "-u"]
+modes = ["en-ca", "ca-es", "eng-spa"]
+if args == ["-l"]:
+    print("\n".join(modes)); sys.exit(0)
+if "-h" in args:
+    print("Apertium 9.9.9"); sys.exit(0)
+mode = args[-1]
+if mode not in modes:
+    sys.stderr.write("Error: Mode %s does not exist\n" % mode); sys.exit(1)
+lines = sys.stdin.read().split("\n")[:-1]
+if os.environ.get("FAKE_APERTIUM_MERGE") and len(lines) > 1:
+    lines = [" ".join(lines)]  # loses the line alignment of a batch
+for line in lines:
+    if "CRASH" in line:
+        sys.stderr.write("boom\n"); sys.exit(2)
+    if mode == "ca-es":  # the pivot route words one thing differently
+        line = " ".join("gulf" if w == "golf" else w for w in line.split(" "))
+    print("%s[%s]" % (line, mode) if os.environ.get("FAKE_APERTIUM_TAG") else line)
+"""
+
+
+@pytest.fixture
+def fake_apertium(tmp_path: Path, monkeypatch) -> str:
+    monkeypatch.setenv("FAKE_APERTIUM_TAG", "1")  # outputs name the modes that made them
+    exe = tmp_path / "apertium"
+    exe.write_text(FAKE_APERTIUM)
+    exe.chmod(0o755)
+    return str(exe)
+
+
+def test_apertium_route_resolves_three_letter_modes_and_chains(fake_apertium: str) -> None:
+    from data_prep.translate.backends import ApertiumBackend
+
+    direct = ApertiumBackend(executable=fake_apertium)
+    assert direct.resolve("en", "es") == ["eng-spa"]  # en-es is installed as eng-spa
+    assert direct.translate(["Hello there.", "Two\nlines"], "en", "es") == [
+        "Hello there.[eng-spa]",
+        "Two lines[eng-spa]",  # a newline inside a sentence must not split it
+    ]
+    pivot = ApertiumBackend("{src}-ca,ca-{tgt}", executable=fake_apertium)
+    assert pivot.name == "apertium:{src}-ca,ca-{tgt}"
+    assert pivot.describe()["version"] == "9.9.9"
+    assert pivot.translate(["Hi"], "en", "es") == ["Hi[en-ca][ca-es]"]  # modes in route order
+
+
+def test_apertium_missing_mode_and_installation_are_clear_errors(fake_apertium: str, tmp_path: Path) -> None:
+    from data_prep.translate.backends import ApertiumBackend
+
+    with pytest.raises(ValueError, match=r"'en-de' is not installed.*apertium-eng-deu"):
+        ApertiumBackend(executable=fake_apertium).translate(["x"], "en", "de")
+    with pytest.raises(ValueError, match="no Apertium installation"):
+        ApertiumBackend(executable=str(tmp_path / "no-such-apertium"))
+    with pytest.raises(ValueError, match="unsupported translation pair"):
+        ApertiumBackend(executable=fake_apertium).translate(["x"], "ca", "es")
+
+
+def test_apertium_failures_are_per_sentence(fake_apertium: str, monkeypatch) -> None:
+    from data_prep.translate.backends import ApertiumBackend, TranslationError
+
+    backend = ApertiumBackend(executable=fake_apertium)
+    out = backend.translate(["fine", "CRASH here", "also fine"], "en", "es")
+    assert out[0] == "fine[eng-spa]" and out[2] == "also fine[eng-spa]"
+    assert isinstance(out[1], TranslationError) and "exited with 2" in str(out[1])
+    # a batch whose output lost its line alignment is redone sentence by sentence, not misassigned
+    monkeypatch.setenv("FAKE_APERTIUM_MERGE", "1")
+    assert backend.translate(["a", "b", "c"], "en", "es") == ["a[eng-spa]", "b[eng-spa]", "c[eng-spa]"]
+
+
+def test_apertium_cli_end_to_end(fake_apertium: str, corpus, tmp_path: Path, monkeypatch) -> None:
+    from data_prep.translate.agreement import AgreementConfig, agreement
+
+    monkeypatch.setenv("PATH", f"{Path(fake_apertium).parent}:{os.environ['PATH']}")
+    monkeypatch.delenv("FAKE_APERTIUM_TAG")
+    src, texts = corpus
+    out = tmp_path / "ast"
+    # primary: the direct pair; secondary: through Catalan (no --*-model needed for apertium)
+    s = run_cli(
+        ["--source", str(src), "--source-language", "en", "--target-languages", "es", "--out", str(out),
+         "--quiet", "--no-embed-audio", "--keep-copies",  # the fake passes most words through
+         "--primary-backend", "apertium", "--secondary-backend", "apertium",
+         "--secondary-route", "{src}-ca,ca-{tgt}"]
+    )  # fmt: skip
+    def pivot(text: str) -> str:
+        return " ".join("gulf" if w == "golf" else w for w in text.split(" "))
+
+    config = AgreementConfig()
+    expected = {i: agreement(t, pivot(t), "es", config).agree for i, t in texts.items()}
+    assert 0 < sum(expected.values()) < len(texts)  # the corpus has both kinds
+    assert (s.num_pairs, s.num_kept) == (len(texts), sum(expected.values()))
+    for r in _rows(out):
+        sid = r["id"].rsplit(".", 1)[0]
+        assert expected[sid] and r["primary_output"] == texts[sid]
+        assert r["secondary_output"] == pivot(texts[sid])
+        assert (r["primary_backend"], r["secondary_backend"]) == (
+            "apertium:{src}-{tgt}", "apertium:{src}-ca,ca-{tgt}"
+        )
+    with pytest.raises(SystemExit, match="needs --primary-model"):
+        run_cli(["--source", str(src), "--source-language", "en", "--target-languages", "es",
+                 "--out", str(tmp_path / "x"), "--primary-backend", "openai", "--primary-base-url", "http://h",
+                 "--secondary-backend", "apertium"])  # fmt: skip
+
+
+@pytest.mark.skipif(
+    not {"en-es", "eng-spa"} & apertium_modes(),
+    reason="Apertium with the English-Spanish pair is not installed (apt-get install apertium-eng-spa)",
+)
+def test_real_apertium_translates_english_to_spanish() -> None:
+    from data_prep.translate.backends import ApertiumBackend
+
+    out = ApertiumBackend().translate(["The house is red.", "I have two dogs."], "en", "es")
+    assert out[0].lower().startswith("la casa") and "roja" in out[0].lower()
+    assert "perros" in out[1].lower()

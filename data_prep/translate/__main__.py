@@ -5,6 +5,11 @@
         --primary-backend openai --primary-base-url http://localhost:8000/v1 --primary-model microsoft/phi-4 \\
         --secondary-backend transformers --secondary-model google/madlad400-3b-mt \\
         --secondary-source-prefix '<2{tgt}> ' --secondary-device cuda --secondary-dtype bfloat16
+
+    # offline, CPU only: two Apertium routes (apt-get install apertium-eng-spa apertium-eng-cat apertium-spa-cat)
+    python -m data_prep.translate --source work/corpus/tts_en --split test --source-language en \
+        --target-languages es --out work/ast/en_es_apertium \
+        --primary-backend apertium --secondary-backend apertium --secondary-route '{src}-ca,ca-{tgt}'
 """
 
 from __future__ import annotations
@@ -25,8 +30,8 @@ ROLES = ("primary", "secondary")
 def _add_backend_args(p: argparse.ArgumentParser, role: str) -> None:
     what = "its translation is the target" if role == "primary" else "must agree with the primary"
     g = p.add_argument_group(f"{role} backend ({what})")
-    g.add_argument(f"--{role}-backend", required=True, choices=["openai", "transformers"])
-    g.add_argument(f"--{role}-model", required=True, help="served model name, or a local folder / hub id")
+    g.add_argument(f"--{role}-backend", required=True, choices=["openai", "transformers", "apertium"])
+    g.add_argument(f"--{role}-model", help="served model name, or a local folder / hub id (not apertium)")
     g.add_argument(f"--{role}-name", help="short name for the card and columns (default: the model)")
     g.add_argument(
         f"--{role}-prompt", default=DEFAULT_PROMPT, help="chat prompt template (openai, causal LM)"
@@ -61,6 +66,12 @@ def _add_backend_args(p: argparse.ArgumentParser, role: str) -> None:
         help="transformers",
     )
     g.add_argument(f"--{role}-revision", help="transformers: hub revision to pin")
+    g.add_argument(
+        f"--{role}-route",
+        default="{src}-{tgt}",
+        help="apertium: comma-separated modes, e.g. '{src}-ca,ca-{tgt}' to pivot through Catalan",
+    )
+    g.add_argument(f"--{role}-apertium-dir", help="apertium: a folder of modes (apertium -d)")
     g.add_argument(
         f"--{role}-trust-remote-code", action="store_true", help="transformers: run the repository's code"
     )
@@ -140,6 +151,12 @@ def _codes(spec: str | None) -> dict[str, str] | None:
 def build_backend(args: argparse.Namespace, role: str, batch_size: int):
     """The backend described by the ``--{role}-*`` options."""
     a = {k[len(role) + 1 :]: v for k, v in vars(args).items() if k.startswith(f"{role}_")}
+    if a["backend"] == "apertium":
+        from data_prep.translate.backends import ApertiumBackend
+
+        return ApertiumBackend(a["route"], data_dir=a["apertium_dir"], name=a["name"])
+    if not a["model"]:
+        raise SystemExit(f"--{role}-backend {a['backend']} needs --{role}-model")
     if a["backend"] == "openai":
         from data_prep.translate.backends import OpenAIChatBackend
 

@@ -1,4 +1,4 @@
-"""Machine-translation backends: a local transformers model or an OpenAI-compatible chat endpoint.
+"""Machine-translation backends: a local transformers model, an OpenAI-compatible chat endpoint, Apertium.
 
 A backend turns a batch of sentences in one language into another::
 
@@ -19,6 +19,8 @@ and into the resume fingerprint of every shard.
   server (``vllm serve``, TGI, llama.cpp, a hosted API), temperature 0, concurrent requests,
   retries with exponential backoff on connection errors, timeouts, 408/409/429 and 5xx. Standard
   library only (``urllib``); the API key is read from an environment variable.
+* :class:`ApertiumBackend` -- rule-based Apertium pairs (``apt-get install apertium-eng-spa``),
+  direct or through a pivot language: offline and CPU-only.
 """
 
 from __future__ import annotations
@@ -481,3 +483,145 @@ class OpenAIChatBackend:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+
+
+# ----------------------------------------------------------------------------------- Apertium
+
+# Apertium names its modes with two- or three-letter codes, depending on the package's age
+_ISO639_3 = {
+    "en": "eng", "es": "spa", "fr": "fra", "de": "deu", "pt": "por", "it": "ita", "ca": "cat",
+    "gl": "glg", "eo": "epo", "ro": "ron", "oc": "oci", "eu": "eus", "ja": "jpn", "zh": "zho",
+}  # fmt: skip
+
+
+def apertium_modes(executable: str = "apertium", data_dir: str | None = None) -> frozenset[str]:
+    """The translation modes an Apertium installation offers (``apertium -l``); empty if none."""
+    import shutil
+    import subprocess
+
+    if shutil.which(executable) is None:
+        return frozenset()
+    cmd = [executable, *(["-d", data_dir] if data_dir else []), "-l"]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return frozenset()
+    return frozenset(line.strip() for line in out.splitlines() if line.strip())
+
+
+class ApertiumBackend:
+    """Rule-based translation with `Apertium <https://apertium.org>`_: offline, CPU-only, deterministic.
+
+    A second opinion for the agreement filter where no GPU or model download is at hand
+    (``apt-get install apertium apertium-eng-spa``). A *route* chains Apertium modes: the default
+    ``"{src}-{tgt}"`` is the direct pair; ``"{src}-ca,ca-{tgt}"`` pivots through Catalan, whose
+    dictionaries and transfer rules differ from the direct pair's, so the two routes make a fairer
+    pair of opinions than one system asked twice. Unknown words pass through unmarked.
+
+    Args:
+        route: comma-separated modes with ``{src}`` / ``{tgt}`` placeholders; a mode missing under
+            its two-letter name is looked up under the three-letter one (``en-es`` -> ``eng-spa``).
+        data_dir: a folder of Apertium modes (``apertium -d``); default: the installed pairs.
+        executable: the ``apertium`` program.
+        timeout: seconds per batch and mode.
+        name: short name for cards and columns (default: ``apertium:<route>``).
+    """
+
+    kind = "apertium"
+
+    def __init__(
+        self,
+        route: str = "{src}-{tgt}",
+        *,
+        data_dir: str | None = None,
+        executable: str = "apertium",
+        timeout: float = 300.0,
+        name: str | None = None,
+    ) -> None:
+        self.route = [m.strip() for m in route.split(",") if m.strip()]
+        if not self.route:
+            raise ValueError("empty Apertium route")
+        for mode in self.route:
+            _check_template(mode, needs_text=False)
+        self.data_dir = data_dir
+        self.executable = executable
+        self.timeout = timeout
+        self.name = name or f"apertium:{','.join(self.route)}"
+        self.modes = apertium_modes(executable, data_dir)
+        if not self.modes:
+            raise ValueError(
+                f"no Apertium installation found ({executable!r} missing or without language pairs); "
+                "install one, e.g. `apt-get install apertium apertium-eng-spa`"
+            )
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "route": ",".join(self.route), "version": self._version()}
+
+    def _version(self) -> str | None:
+        import subprocess
+
+        try:  # the package versions of the pairs are what fixes the output; the engine's is a proxy
+            out = subprocess.run([self.executable, "-h"], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        match = re.search(r"Apertium\s+([0-9][\w.]*)", out.stdout + out.stderr)
+        return match.group(1) if match else None
+
+    def resolve(self, source: str, target: str) -> list[str]:
+        """The installed modes of the route for ``source -> target`` (``ValueError`` if one is missing)."""
+        modes = []
+        for template in self.route:
+            mode = format_prompt(template, "", source, target)
+            if mode not in self.modes:
+                a, _, b = mode.partition("-")
+                long = f"{_ISO639_3.get(a, a)}-{_ISO639_3.get(b, b)}"
+                if long not in self.modes:
+                    raise ValueError(
+                        f"Apertium mode {mode!r} is not installed (installed: {', '.join(sorted(self.modes))}); "
+                        f"install its pair, e.g. `apt-get install apertium-{long}`"
+                    )
+                mode = long
+            modes.append(mode)
+        return modes
+
+    def _run(self, mode: str, lines: list[str]) -> list[str]:
+        import subprocess
+
+        # -u: no '*' marks on unknown words. One sentence per line; Apertium keeps line breaks.
+        cmd = [self.executable, *(["-d", self.data_dir] if self.data_dir else []), "-u", mode]
+        try:
+            proc = subprocess.run(
+                cmd, input="\n".join(lines) + "\n", capture_output=True, text=True, timeout=self.timeout
+            )
+        except subprocess.TimeoutExpired as e:
+            raise TranslationError(f"apertium {mode} took over {self.timeout:.0f} s") from e
+        if proc.returncode != 0:
+            raise TranslationError(f"apertium {mode} exited with {proc.returncode}: {proc.stderr[:300]}")
+        out = proc.stdout.split("\n")
+        if out and out[-1] == "":
+            out.pop()
+        if len(out) != len(lines):
+            raise TranslationError(f"apertium {mode} returned {len(out)} lines for {len(lines)} sentences")
+        return out
+
+    def _translate_lines(self, modes: list[str], lines: list[str]) -> list[str]:
+        for mode in modes:
+            lines = self._run(mode, lines)
+        return lines
+
+    def translate(self, texts: Sequence[str], source: str, target: str) -> list[str | Exception]:
+        check_pair(source, target)
+        modes = self.resolve(source, target)
+        lines = [" ".join(t.split()) for t in texts]  # a newline inside a sentence would split it
+        try:
+            outs: list[str | Exception] = list(self._translate_lines(modes, lines))
+        except (TranslationError, OSError, ValueError) as batch_error:
+            if len(lines) == 1:
+                return [batch_error]
+            outs = []  # a batch that lost its line alignment: sentence by sentence
+            for line in lines:
+                try:
+                    outs.append(self._translate_lines(modes, [line])[0])
+                except (TranslationError, OSError, ValueError) as e:
+                    outs.append(e)
+        return [o if isinstance(o, Exception) else clean_output(o, t) for o, t in zip(outs, texts)]
