@@ -50,12 +50,14 @@ def main(argv: list[str] | None = None) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from granite_train.data.prompts import ASR_INSTRUCTIONS, PromptBuilder, normalize_target
-    from granite_train.models.tiny_llm import build_tiny_llm, corpus_texts
+    from granite_train.models.tiny_llm import build_tiny_llm, copy_row, corpus_texts
     from granite_train.training.schedules import build_schedule
 
     texts = [normalize_target(t) for t in corpus_texts(args.corpus)]
     prompts = [f"USER: {i}\n ASSISTANT:" for i in ASR_INSTRUCTIONS] * 20
-    overrides = {} if args.attention_multiplier is None else {"attention_multiplier": args.attention_multiplier}
+    overrides = (
+        {} if args.attention_multiplier is None else {"attention_multiplier": args.attention_multiplier}
+    )
     build_tiny_llm(args.out, texts + prompts, "tiny", 1024, args.seed, **overrides)
     tokenizer = AutoTokenizer.from_pretrained(args.out)
     model = AutoModelForCausalLM.from_pretrained(args.out).train()
@@ -68,19 +70,11 @@ def main(argv: list[str] | None = None) -> None:
     def rand() -> float:
         return float(torch.rand((), generator=gen))
 
-    def copy_row(seq: list[int]) -> tuple[list[int], list[int]]:
-        target = seq[:-1][: args.max_tokens]
-        n = len(target)
-        span = max(n, int(n * (span_lo + (span_hi - span_lo) * rand())))
-        where = sorted(torch.randperm(span, generator=gen)[:n].tolist())
-        audio = [pad] * span
-        for pos, tok in zip(where, target):
-            audio[pos] = tok if rand() >= args.noise else int(torch.randint(2, audio_id, (), generator=gen))
+    def row(seq: list[int]) -> tuple[list[int], list[int]]:
         instruction = ASR_INSTRUCTIONS[int(torch.randint(len(ASR_INSTRUCTIONS), (), generator=gen))]
-        prompt = builder.prompt_ids(instruction, span)
-        at = prompt.index(audio_id)
-        prompt = prompt[:at] + audio + prompt[at + span :]
-        return prompt + target + [eos], [-100] * len(prompt) + target + [eos]
+        prompt = builder.prompt_ids(instruction, 1)
+        target = seq[:-1][: args.max_tokens]
+        return copy_row(target, prompt, audio_id, pad, eos, gen, (span_lo, span_hi), args.noise)
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -93,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
         rows, is_copy = [], []
         for i in torch.randint(len(seqs), (args.batch_size,), generator=gen).tolist():
             is_copy.append(rand() < args.copy_share)
-            rows.append(copy_row(seqs[i]) if is_copy[-1] else (seqs[i], seqs[i]))
+            rows.append(row(seqs[i]) if is_copy[-1] else (seqs[i], seqs[i]))
         width = max(len(ids) for ids, _ in rows)
         ids = torch.full((len(rows), width), pad)
         labels = torch.full((len(rows), width), -100)

@@ -136,6 +136,49 @@ def test_tiny_llm_attention_uses_the_standard_softmax_scale(parts):
     assert config.attention_multiplier == pytest.approx(head_dim**-0.5)
 
 
+def test_copy_row_layout():
+    from granite_train.models.tiny_llm import copy_row
+
+    prompt, audio, blank, eos = [5, 6, 99, 7, 8], 99, 0, 1
+    target = [11, 12, 13, 14]
+    for seed in range(20):
+        gen = torch.Generator().manual_seed(seed)
+        ids, labels = copy_row(target, prompt, audio, blank, eos, gen, span_factor=(1.5, 2.0), noise=0.0)
+        span = ids[2 : len(ids) - len(target) - 1 - 2]
+        assert ids[:2] == [5, 6] and ids[2 + len(span) : 4 + len(span)] == [7, 8]  # prompt kept around it
+        assert 6 <= len(span) <= 8 and audio not in ids
+        assert [t for t in span if t != blank] == target  # the target in order, among blanks
+        assert ids[-5:] == target + [eos] and labels[-5:] == target + [eos]
+        assert labels[:-5] == [-100] * (len(ids) - 5)  # loss on the target only
+    gen = torch.Generator().manual_seed(0)
+    noisy = [copy_row(target * 25, prompt, audio, blank, eos, gen, noise=0.5)[0] for _ in range(4)]
+    kept = sum(sum(1 for t in ids[2:-103] if t in target) for ids in noisy) / (4 * 100)
+    assert 0.35 < kept < 0.75  # about half the span's tokens swapped for random ones
+
+
+def test_pretraining_mixes_copy_rows_and_saves(tmp_path):
+    """copy_share decides which row types train; the trained weights are written back in place.
+
+    (That copy rows teach the tiny LLM to read takes minutes: RESULTS.md, the copy probe.)"""
+    from safetensors.torch import load_file
+
+    from granite_train.models.tiny_llm import pretrain_text_lm
+
+    llm = build_tiny_llm(tmp_path / "llm", SENTENCES, preset="micro", vocab_size=300)
+    before = load_file(llm / "model.safetensors")
+    mixed = pretrain_text_lm(llm, SENTENCES, steps=6, batch_size=8, progress=False, copy_share=0.5)
+    assert set(mixed) == {"first_loss", "last_loss", "last_lm_loss", "last_copy_loss"}
+    assert all(math.isfinite(v) for v in mixed.values())
+    after = load_file(llm / "model.safetensors")
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    text_only = pretrain_text_lm(llm, SENTENCES, steps=2, batch_size=4, progress=False)
+    assert "last_copy_loss" not in text_only and "last_lm_loss" in text_only
+    copy_only = pretrain_text_lm(llm, SENTENCES, steps=2, batch_size=4, progress=False, copy_share=1.0)
+    assert "last_lm_loss" not in copy_only and "last_copy_loss" in copy_only
+    with pytest.raises(ValueError, match="copy_share"):
+        pretrain_text_lm(llm, SENTENCES, steps=1, copy_share=1.5)
+
+
 def test_tokenizer_without_audio_token_gets_it_and_embeddings_resize(parts, tmp_path):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import GraniteConfig, GraniteForCausalLM, PreTrainedTokenizerFast

@@ -944,6 +944,7 @@ def test_apertium_cli_end_to_end(fake_apertium: str, corpus, tmp_path: Path, mon
          "--primary-backend", "apertium", "--secondary-backend", "apertium",
          "--secondary-route", "{src}-ca,ca-{tgt}"]
     )  # fmt: skip
+
     def pivot(text: str) -> str:
         return " ".join("gulf" if w == "golf" else w for w in text.split(" "))
 
@@ -956,7 +957,8 @@ def test_apertium_cli_end_to_end(fake_apertium: str, corpus, tmp_path: Path, mon
         assert expected[sid] and r["primary_output"] == texts[sid]
         assert r["secondary_output"] == pivot(texts[sid])
         assert (r["primary_backend"], r["secondary_backend"]) == (
-            "apertium:{src}-{tgt}", "apertium:{src}-ca,ca-{tgt}"
+            "apertium:{src}-{tgt}",
+            "apertium:{src}-ca,ca-{tgt}",
         )
     with pytest.raises(SystemExit, match="needs --primary-model"):
         run_cli(["--source", str(src), "--source-language", "en", "--target-languages", "es",

@@ -555,7 +555,12 @@ class ApertiumBackend:
             )
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "kind": self.kind, "route": ",".join(self.route), "version": self._version()}
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "route": ",".join(self.route),
+            "version": self._version(),
+        }
 
     def _version(self) -> str | None:
         import subprocess

@@ -129,6 +129,41 @@ def build_tiny_llm(
     return out_dir
 
 
+def copy_row(
+    target: Sequence[int],
+    prompt: Sequence[int],
+    audio_id: int,
+    blank_id: int,
+    eos_id: int,
+    generator: Any,
+    span_factor: tuple[float, float] = (1.3, 2.2),
+    noise: float = 0.1,
+) -> tuple[list[int], list[int]]:
+    """One in-context copy example in the stage-2 layout -> (input ids, labels).
+
+    ``prompt`` is a stage-2 prompt with one ``audio_id`` placeholder. It becomes a span of
+    ``len(target) * U(span_factor)`` positions holding ``target`` in order at random positions among
+    ``blank_id`` tokens, with a ``noise`` share of them swapped for random tokens -- roughly what a
+    CTC-trained projector shows the LLM. The labels are the target (+ EOS) only: the row teaches
+    reading a span in order, which stage 2 asks of the LLM and a base LLM can already do.
+    """
+    import torch
+
+    def rand() -> float:
+        return float(torch.rand((), generator=generator))
+
+    n = len(target)
+    lo, hi = span_factor
+    span = max(n, int(n * (lo + (hi - lo) * rand())))
+    where = sorted(torch.randperm(span, generator=generator)[:n].tolist())
+    audio = [blank_id] * span
+    for pos, tok in zip(where, target):
+        audio[pos] = tok if rand() >= noise else int(torch.randint(2, audio_id, (), generator=generator))
+    at = list(prompt).index(audio_id)
+    ids = list(prompt[:at]) + audio + list(prompt[at + 1 :])
+    return ids + list(target) + [eos_id], [-100] * len(ids) + list(target) + [eos_id]
+
+
 def pretrain_text_lm(
     llm_dir: str | Path,
     texts: Sequence[str],
@@ -137,53 +172,90 @@ def pretrain_text_lm(
     lr: float = 2e-3,
     seed: int = 0,
     progress: bool = True,
+    copy_share: float = 0.0,
+    copy_max_tokens: int = 32,
 ) -> dict[str, float]:
-    """Pretrain the tiny LLM in ``llm_dir`` as a language model on ``texts``, in place.
+    """Pretrain the tiny LLM in ``llm_dir`` on ``texts``, in place: language modelling + copying.
 
-    A random LLM is no stand-in for a *base* LLM: granite-4.0-1b-base knows the language before
-    stage 2 starts. A few hundred steps on the training transcripts give the tiny one that prior
-    (each text is a sequence ``" " + text + EOS``, the form of a stage-2 target: pass the texts as
-    the targets look, e.g. through ``prompts.normalize_target``). Returns the first and last
-    training losses.
+    A random LLM is no stand-in for a *base* LLM. granite-4.0-1b-base knows the language before
+    stage 2 starts, and it can copy from its context, which is what reading the projected audio
+    tokens takes. Language-model rows (``" " + text + EOS``, the form of a stage-2 target: pass the
+    texts as the targets look, e.g. through ``prompts.normalize_target``) give the first;
+    ``copy_share`` of the rows are :func:`copy_row` examples (the text's first ``copy_max_tokens``
+    tokens, in an ASR prompt) and give the second. Without copy rows the tiny LLM never learns to
+    read its audio span on a CPU budget (RESULTS.md, "Stage 2: why the tiny model did not learn").
+    Returns the first and last losses, overall and of each row type.
     """
     import torch
     from tqdm import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from granite_train.data.prompts import ASR_INSTRUCTIONS, PromptBuilder
     from granite_train.training.schedules import build_schedule
 
+    if not 0.0 <= copy_share <= 1.0:
+        raise ValueError(f"copy_share must be in [0, 1], got {copy_share}")
     tokenizer = AutoTokenizer.from_pretrained(str(llm_dir))
     model = AutoModelForCausalLM.from_pretrained(str(llm_dir)).train()
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     seqs = [
         ids + [eos] for ids in tokenizer([" " + t.strip() for t in texts], add_special_tokens=False).input_ids
     ]
+    prompts = (
+        [[]] if copy_share == 0 else [PromptBuilder(tokenizer).prompt_ids(i, 1) for i in ASR_INSTRUCTIONS]
+    )
+    audio_id = tokenizer.convert_tokens_to_ids(AUDIO_TOKEN)
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     warmup = build_schedule("cosine", steps, lr, warmup_steps=max(1, steps // 10))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup)
-    losses = []
+    losses: dict[str, list[float]] = {"all": [], "lm": [], "copy": []}
     bar = tqdm(
-        range(steps), desc="text LM pretraining", unit="step", disable=not progress, dynamic_ncols=True
+        range(steps), desc="base LM pretraining", unit="step", disable=not progress, dynamic_ncols=True
     )
     for _ in bar:
-        picks = torch.randint(len(seqs), (batch_size,), generator=generator).tolist()
-        width = max(len(seqs[i]) for i in picks)
+        rows, is_copy = [], []
+        for i in torch.randint(len(seqs), (batch_size,), generator=generator).tolist():
+            is_copy.append(copy_share > 0 and float(torch.rand((), generator=generator)) < copy_share)
+            if is_copy[-1]:
+                prompt = prompts[int(torch.randint(len(prompts), (), generator=generator))]
+                target = seqs[i][:-1][:copy_max_tokens]
+                rows.append(copy_row(target, prompt, audio_id, pad, eos, generator))
+            else:
+                rows.append((seqs[i], seqs[i]))
+        width = max(len(ids) for ids, _ in rows)
         ids = torch.full((batch_size, width), pad, dtype=torch.long)
         labels = torch.full((batch_size, width), -100, dtype=torch.long)
-        for row, i in enumerate(picks):
-            ids[row, : len(seqs[i])] = torch.tensor(seqs[i])
-            labels[row, : len(seqs[i])] = torch.tensor(seqs[i])
-        loss = model(input_ids=ids, attention_mask=(labels != -100).long(), labels=labels).loss
+        mask = torch.zeros((batch_size, width), dtype=torch.long)
+        for row, (seq, lab) in enumerate(rows):
+            ids[row, : len(seq)] = torch.tensor(seq)
+            labels[row, : len(lab)] = torch.tensor(lab)
+            mask[row, : len(seq)] = 1
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
+        targets = labels[:, 1:]
+        token_loss = torch.nn.functional.cross_entropy(
+            logits.transpose(1, 2), targets, ignore_index=-100, reduction="none"
+        )
+        labelled = targets != -100
+        loss = token_loss[labelled].mean()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
-        losses.append(float(loss))
-        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        losses["all"].append(float(loss.detach()))
+        copy_rows = torch.tensor(is_copy)[:, None]
+        for name, rows_mask in (("copy", copy_rows), ("lm", ~copy_rows)):
+            if (labelled & rows_mask).any():
+                losses[name].append(float(token_loss[labelled & rows_mask].mean()))
+        postfix = {name: f"{sum(v[-20:]) / len(v[-20:]):.3f}" for name, v in losses.items() if v}
+        bar.set_postfix(postfix)
     model.save_pretrained(str(llm_dir))
-    return {"first_loss": losses[0], "last_loss": sum(losses[-20:]) / len(losses[-20:])}
+    out = {"first_loss": losses["all"][0], "last_loss": sum(losses["all"][-20:]) / len(losses["all"][-20:])}
+    for name in ("lm", "copy"):
+        if losses[name]:
+            out[f"last_{name}_loss"] = sum(losses[name][-20:]) / len(losses[name][-20:])
+    return out
 
 
 def corpus_texts(path: str | Path, split: str = "train", column: str = "text") -> list[str]:
@@ -215,8 +287,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--vocab-size", type=int, default=1024)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--pretrain-steps", type=int, default=0, help="text LM pretraining steps on the texts"
+        "--pretrain-steps", type=int, default=0, help="pretraining steps on the texts (LM + copy rows)"
     )
+    parser.add_argument(
+        "--copy-share", type=float, default=0.0, help="share of in-context copy rows in pretraining"
+    )
+    parser.add_argument("--batch-size", type=int, default=64, help="pretraining rows per step")
     parser.add_argument(
         "--keep-case",
         action="store_true",
@@ -238,8 +314,11 @@ def main(argv: list[str] | None = None) -> None:
     out = build_tiny_llm(args.out, texts + prompts * 20, args.preset, args.vocab_size, args.seed)
     print(f"[tiny-llm] {args.preset} Granite LLM + {args.vocab_size}-token BPE ({len(texts)} texts) -> {out}")
     if args.pretrain_steps:
-        losses = pretrain_text_lm(out, texts, steps=args.pretrain_steps, seed=args.seed)
-        print(f"[tiny-llm] text LM pretraining: loss {losses['first_loss']:.2f} -> {losses['last_loss']:.2f}")
+        losses = pretrain_text_lm(
+            out, texts, steps=args.pretrain_steps, batch_size=args.batch_size, seed=args.seed,
+            copy_share=args.copy_share,
+        )  # fmt: skip
+        print("[tiny-llm] pretraining losses: " + ", ".join(f"{k} {v:.2f}" for k, v in losses.items()))
 
 
 if __name__ == "__main__":
