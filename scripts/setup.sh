@@ -8,7 +8,9 @@ VENV=${GT_VENV:-.venv}
 missing=()
 command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
 # Apertium English-Spanish: the offline MT backend of data_prep.translate (its test translates for real)
-apertium -l 2>/dev/null | grep -qE '^\s*(en-es|eng-spa)\s*$' || missing+=(apertium apertium-eng-spa)
+# (list first, then grep: `grep -q` closing the pipe early would fail the pipeline under pipefail)
+modes=$(apertium -l 2>/dev/null || true)
+grep -qE '^\s*(en-es|eng-spa)\s*$' <<<"$modes" || missing+=(apertium apertium-eng-spa)
 if ((${#missing[@]})); then
   echo "[setup] installing system packages: ${missing[*]}"
   SUDO=""
