@@ -174,6 +174,8 @@ def pretrain_text_lm(
     progress: bool = True,
     copy_share: float = 0.0,
     copy_max_tokens: int = 32,
+    copy_span_factor: tuple[float, float] = (1.3, 2.2),
+    copy_noise: float = 0.1,
 ) -> dict[str, float]:
     """Pretrain the tiny LLM in ``llm_dir`` on ``texts``, in place: language modelling + copying.
 
@@ -182,7 +184,8 @@ def pretrain_text_lm(
     tokens takes. Language-model rows (``" " + text + EOS``, the form of a stage-2 target: pass the
     texts as the targets look, e.g. through ``prompts.normalize_target``) give the first;
     ``copy_share`` of the rows are :func:`copy_row` examples (the text's first ``copy_max_tokens``
-    tokens, in an ASR prompt) and give the second. Without copy rows the tiny LLM never learns to
+    tokens, in an ASR prompt, ``copy_span_factor`` span positions per token, ``copy_noise`` of them
+    random) and give the second. Without copy rows the tiny LLM never learns to
     read its audio span on a CPU budget (RESULTS.md, "Stage 2: why the tiny model did not learn").
     Returns the first and last losses, overall and of each row type.
     """
@@ -220,7 +223,9 @@ def pretrain_text_lm(
             if is_copy[-1]:
                 prompt = prompts[int(torch.randint(len(prompts), (), generator=generator))]
                 target = seqs[i][:-1][:copy_max_tokens]
-                rows.append(copy_row(target, prompt, audio_id, pad, eos, generator))
+                rows.append(
+                    copy_row(target, prompt, audio_id, pad, eos, generator, copy_span_factor, copy_noise)
+                )
             else:
                 rows.append((seqs[i], seqs[i]))
         width = max(len(ids) for ids, _ in rows)
