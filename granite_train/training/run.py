@@ -144,12 +144,6 @@ class TrainResult:
     counters: dict[str, float]
 
 
-def wandb_settings(system_stats: bool = True):
-    import wandb
-
-    return wandb.Settings(x_disable_stats=not system_stats)
-
-
 def _wandb_logger(cfg: Mapping[str, Any], output_dir: Path, name: str):
     mode = cfg.get("mode", "auto")
     if mode == "disabled" or not cfg.get("enabled", True):
@@ -172,8 +166,6 @@ def _wandb_logger(cfg: Mapping[str, Any], output_dir: Path, name: str):
         save_dir=str(output_dir),
         offline=offline,
         log_model=False,
-        # wandb samples CPU/GPU/memory in a side process; on a 2-core machine that costs steps
-        settings=wandb_settings(system_stats=bool(cfg.get("system_stats", True))),
     )
 
 
