@@ -547,20 +547,17 @@ class ApertiumBackend:
         self.executable = executable
         self.timeout = timeout
         self.name = name or f"apertium:{','.join(self.route)}"
+        self._command = [executable, *(["-d", data_dir] if data_dir else [])]
         self.modes = apertium_modes(executable, data_dir)
         if not self.modes:
             raise ValueError(
                 f"no Apertium installation found ({executable!r} missing or without language pairs); "
                 "install one, e.g. `apt-get install apertium apertium-eng-spa`"
             )
+        self.version = self._version()  # asked once: describe() runs for the card and every shard
 
     def describe(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "kind": self.kind,
-            "route": ",".join(self.route),
-            "version": self._version(),
-        }
+        return {"name": self.name, "kind": self.kind, "route": ",".join(self.route), "version": self.version}
 
     def _version(self) -> str | None:
         import subprocess
@@ -593,7 +590,7 @@ class ApertiumBackend:
         import subprocess
 
         # -u: no '*' marks on unknown words. One sentence per line; Apertium keeps line breaks.
-        cmd = [self.executable, *(["-d", self.data_dir] if self.data_dir else []), "-u", mode]
+        cmd = [*self._command, "-u", mode]
         try:
             proc = subprocess.run(
                 cmd, input="\n".join(lines) + "\n", capture_output=True, text=True, timeout=self.timeout
