@@ -83,27 +83,59 @@ class StepSkippingModule(L.LightningModule):
     # ------------------------------------------------------------------------------------------
     def configure_optimizers(self):
         cfg = self.optim_cfg
-        decay, no_decay = [], []
+        weight_decay = float(cfg.get("weight_decay", 0.01))
+        # Per-module settings, keyed by a parameter-name substring (the first matching pattern wins):
+        # optim.lr_scale multiplies the LR (a new projector learns faster than the pretrained LLM it
+        # feeds); optim.start_step holds a part at LR 0 for its first steps (the projector learns to
+        # write what the LLM reads before the LLM adapts to it, as LLaVA's alignment stage does).
+        lr_scale = {str(k): float(v) for k, v in (cfg.get("lr_scale") or {}).items()}
+        start_step = {str(k): int(v) for k, v in (cfg.get("start_step") or {}).items()}
+        bad = {k: v for k, v in lr_scale.items() if not v > 0}
+        if bad:
+            raise ValueError(f"optim.lr_scale factors must be > 0, got {bad}")
+        bad = {k: v for k, v in start_step.items() if v < 0}
+        if bad:
+            raise ValueError(f"optim.start_step values must be >= 0, got {bad}")
+        matched = {("lr_scale", k): 0 for k in lr_scale} | {("start_step", k): 0 for k in start_step}
+
+        def first_match(name: str, option: str, table: dict, default):
+            for pattern, value in table.items():
+                if pattern in name:
+                    matched[(option, pattern)] += 1
+                    return value
+            return default
+
+        groups: dict[tuple[float, float, int], list[torch.nn.Parameter]] = {}
         for name, param in self.trainable_parameters():
             # biases, norm scales and the projector's learned queries are not decayed
-            (no_decay if param.ndim < 2 or name.endswith(".query") else decay).append(param)
-        if not decay and not no_decay:
+            wd = 0.0 if param.ndim < 2 or name.endswith(".query") else weight_decay
+            key = (
+                wd,
+                first_match(name, "lr_scale", lr_scale, 1.0),
+                first_match(name, "start_step", start_step, 0),
+            )
+            groups.setdefault(key, []).append(param)
+        if not groups:
             raise ValueError("nothing to train: every parameter is frozen")
-        groups = [
-            {"params": decay, "weight_decay": float(cfg.get("weight_decay", 0.01))},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
+        unmatched = [f"{option}.{k}" for (option, k), n in matched.items() if n == 0]
+        if unmatched:
+            raise ValueError(f"optim patterns that match no trainable parameter: {unmatched}")
+        lr = float(cfg["lr"])
+        keys = list(groups)
         optimizer = torch.optim.AdamW(
-            [g for g in groups if g["params"]],
-            lr=float(cfg["lr"]),
+            [{"params": groups[k], "weight_decay": k[0], "lr": lr * k[1]} for k in keys],
+            lr=lr,
             betas=tuple(cfg.get("betas", (0.9, 0.98))),
             eps=float(cfg.get("eps", 1e-8)),
         )
         schedule_cfg = dict(cfg.get("schedule") or {"name": "constant"})
-        schedule = build_schedule(
-            schedule_cfg.pop("name"), self.total_steps, float(cfg["lr"]), **schedule_cfg
-        )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        schedule = build_schedule(schedule_cfg.pop("name"), self.total_steps, lr, **schedule_cfg)
+        self._schedule = schedule  # the base LR's, logged as train/lr
+
+        def delayed(start: int):
+            return schedule if start == 0 else (lambda step: schedule(step) if step >= start else 0.0)
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [delayed(k[2]) for k in keys])
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ------------------------------------------------------------------------------------------
@@ -172,7 +204,13 @@ class StepSkippingModule(L.LightningModule):
         optimizer.zero_grad(set_to_none=True)
 
         self.log("train/grad_norm", grad_norm.float(), batch_size=bsz)
-        self.log("train/lr", scheduler.get_last_lr()[0], prog_bar=True, batch_size=bsz)
+        # optim.lr on its schedule; parts with an lr_scale / start_step follow it by their factor
+        self.log(
+            "train/lr",
+            float(self.optim_cfg["lr"]) * self._schedule(scheduler.last_epoch),
+            prog_bar=True,
+            batch_size=bsz,
+        )
         self.log("train/nonfinite_steps", float(self.counters["nonfinite_steps"]), batch_size=bsz)
         self.log("train/audio_hours", self.counters["audio_seconds"] / 3600.0, batch_size=bsz)
         self.log_counters(bsz)
