@@ -51,7 +51,7 @@ from granite_train.eval.report import (
     _normalizer_label,
     _pct,
     write_hypotheses,
-    write_results_json,
+    write_result_files,
 )
 from granite_train.eval.run import (
     SAMPLE_RATE,
@@ -610,14 +610,11 @@ def run_generate_eval(
         hypotheses_path=out / "hypotheses.jsonl" if write_hypotheses else None,
         model_name=str(model),
     )
-    write_results_json(results, out / "results.json")
     table = generation_markdown(results)
     decoding = "greedy" if num_beams == 1 else f"beam search ({num_beams} beams)"
-    header = (
-        f"# Speech LLM evaluation ({decoding})\n\nmodel: `{model}`  \ndevice: {device_}, dtype: {dtype}, "
-        f"max_frames: {max_frames}, max_new_tokens: {max_new_tokens}\n\n"
+    settings = (
+        f"model: `{model}`  \ndevice: {device_}, dtype: {dtype}, max_frames: {max_frames}, "
+        f"max_new_tokens: {max_new_tokens}"
     )
-    skips = [f"- {r.name}: {r.details['skipped']}" for r in results if r.details.get("skipped")]
-    footer = "\nRecords that could not be scored:\n\n" + "\n".join(skips) + "\n" if skips else ""
-    (out / "results.md").write_text(header + table + footer)
+    write_result_files(results, out, f"Speech LLM evaluation ({decoding})", settings, table)
     return results, table

@@ -75,6 +75,17 @@ def write_results_json(results: Sequence[EvalResult], path: str | Path) -> Path:
     return path
 
 
+def write_result_files(
+    results: Sequence[EvalResult], out: str | Path, title: str, settings: str, table: str
+) -> None:
+    """``results.json`` and ``results.md`` (title, settings line, table, unscored records) in ``out``."""
+    out = Path(out)
+    write_results_json(results, out / "results.json")
+    skips = [f"- {r.name}: {r.details['skipped']}" for r in results if r.details.get("skipped")]
+    footer = "\nRecords that could not be scored:\n\n" + "\n".join(skips) + "\n" if skips else ""
+    (out / "results.md").write_text(f"# {title}\n\n{settings}\n\n{table}{footer}")
+
+
 def read_results_json(path: str | Path) -> list[EvalResult]:
     """Read a file written by :func:`write_results_json`."""
     payload = json.loads(Path(path).read_text())

@@ -49,7 +49,7 @@ from granite_train.data.prepare import PrepareConfig
 from granite_train.data.sources import SourceSpec
 from granite_train.eval.ctc_decode import greedy_ctc_decode
 from granite_train.eval.metrics import error_rates
-from granite_train.eval.report import EvalResult, results_to_markdown, write_hypotheses, write_results_json
+from granite_train.eval.report import EvalResult, results_to_markdown, write_hypotheses, write_result_files
 from granite_train.text.normalize import NORMALIZER_NAMES
 from granite_train.text.vocab import CharVocab
 
@@ -438,13 +438,7 @@ def run_eval(
         hypotheses_path=out / "hypotheses.jsonl" if write_hypotheses else None,
         model_name=str(model),
     )
-    write_results_json(results, out / "results.json")
     table = results_to_markdown(results, average=len(results) > 1)
-    header = (
-        f"# Greedy-CTC evaluation\n\nmodel: `{model}`  \ndevice: {device_}, dtype: {dtype}, "
-        f"max_frames: {max_frames}\n\n"
-    )
-    skips = [f"- {r.name}: {r.details['skipped']}" for r in results if r.details.get("skipped")]
-    footer = "\nRecords that could not be scored:\n\n" + "\n".join(skips) + "\n" if skips else ""
-    (out / "results.md").write_text(header + table + footer)
+    settings = f"model: `{model}`  \ndevice: {device_}, dtype: {dtype}, max_frames: {max_frames}"
+    write_result_files(results, out, "Greedy-CTC evaluation", settings, table)
     return results, table

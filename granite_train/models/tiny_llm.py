@@ -252,7 +252,7 @@ def pretrain_text_lm(
         copy_rows = torch.tensor(is_copy)[:, None]
         for name, rows_mask in (("copy", copy_rows), ("lm", ~copy_rows)):
             if (labelled & rows_mask).any():
-                losses[name].append(float(token_loss[labelled & rows_mask].mean()))
+                losses[name].append(float(token_loss.detach()[labelled & rows_mask].mean()))
         postfix = {name: f"{sum(v[-20:]) / len(v[-20:]):.3f}" for name, v in losses.items() if v}
         bar.set_postfix(postfix)
     model.save_pretrained(str(llm_dir))
