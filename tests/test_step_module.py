@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 
@@ -52,12 +54,20 @@ def test_without_lr_scale_everything_shares_the_lr():
 
 
 @pytest.mark.parametrize(
-    "lr_scale, message",
-    [({"decoder": 2.0}, "match no trainable parameter"), ({"llm": 0.0}, "must be > 0")],
+    "option, value, message",
+    [("lr_scale", {"llm": 0.0}, "must be > 0"), ("start_step", {"llm": -1}, "must be >= 0")],
 )
-def test_lr_scale_rejects_bad_settings(lr_scale, message):
+def test_bad_group_settings_are_rejected(option, value, message):
     with pytest.raises(ValueError, match=message):
-        _TwoParts({**OPTIM, "lr_scale": lr_scale}).configure_optimizers()
+        _TwoParts({**OPTIM, option: value}).configure_optimizers()
+
+
+def test_pattern_without_a_trainable_match_is_logged_not_applied(caplog):
+    module = _TwoParts({**OPTIM, "lr_scale": {"decoder": 2.0, "frozen": 5.0}})
+    with caplog.at_level(logging.WARNING, logger="granite_train.training.step_module"):
+        _, _, groups = _groups(module)
+    assert "lr_scale.decoder" in caplog.text and "lr_scale.frozen" in caplog.text
+    assert len({lr for lr, _ in filter(None, groups.values())}) == 1
 
 
 def test_start_step_holds_a_part_at_zero_lr_then_follows_the_schedule():

@@ -118,8 +118,8 @@ class StepSkippingModule(L.LightningModule):
         if not groups:
             raise ValueError("nothing to train: every parameter is frozen")
         unmatched = [f"{option}.{k}" for (option, k), n in matched.items() if n == 0]
-        if unmatched:
-            raise ValueError(f"optim patterns that match no trainable parameter: {unmatched}")
+        if unmatched:  # a recipe may name a part that this run does not train (e.g. no CTC head)
+            log.warning("optim patterns that match no trainable parameter (ignored): %s", unmatched)
         lr = float(cfg["lr"])
         keys = list(groups)
         optimizer = torch.optim.AdamW(
