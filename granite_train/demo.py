@@ -72,7 +72,7 @@ def run_demo(cfg: Mapping[str, Any]) -> str:
     from granite_train.cli import load_recipe
     from granite_train.eval.generate import run_generate_eval
     from granite_train.eval.run import run_eval
-    from granite_train.models.tiny_llm import build_tiny_llm, corpus_texts, pretrain_text_lm
+    from granite_train.models.tiny_llm import build_base_llm, corpus_texts
     from granite_train.training.run import train
 
     demo = dict(cfg["demo"])
@@ -106,16 +106,17 @@ def run_demo(cfg: Mapping[str, Any]) -> str:
 
     llm_dir = work / "llm" / "tiny_en"
     with timer.phase("tiny LLM + tokenizer"):
-        from granite_train.data.prompts import ASR_INSTRUCTIONS, normalize_target
-
-        prompts = [f"USER: {i}\n ASSISTANT:" for i in ASR_INSTRUCTIONS] * 20
-        # the tokenizer learns the form the targets take (recipe: prompts.normalize_targets)
-        texts = [normalize_target(t) for t in corpus_texts(corpus)]
-        build_tiny_llm(
-            llm_dir, texts + prompts, demo["llm"]["preset"], int(demo["llm"]["vocab_size"]), seed=seed
+        llm = dict(demo["llm"])  # a *base* LLM knows the language and can copy from its context
+        build_base_llm(
+            llm_dir,
+            corpus_texts(corpus),
+            llm["preset"],
+            int(llm["vocab_size"]),
+            seed=seed,
+            pretrain_steps=int(llm.get("pretrain_steps", 0)),
+            copy_share=float(llm.get("copy_share", 0.0)),
+            batch_size=int(llm.get("batch_size", 64)),
         )
-        if int(demo["llm"].get("pretrain_steps", 0)):  # a *base* LLM knows the language
-            pretrain_text_lm(llm_dir, texts, steps=int(demo["llm"]["pretrain_steps"]), seed=seed)
 
     overrides = [*paths, f"model.encoder={encoder_dir}", f"model.llm={llm_dir}", *demo["stage2_overrides"]]
     with timer.phase("stage 2: Q-Former + LLM"):

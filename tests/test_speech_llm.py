@@ -179,6 +179,28 @@ def test_pretraining_mixes_copy_rows_and_saves(tmp_path):
         pretrain_text_lm(llm, SENTENCES, steps=1, copy_share=1.5)
 
 
+def test_base_llm_build_is_reused_only_for_the_same_settings(tmp_path, capsys):
+    """A re-run demo must not rebuild (and so change) the LLM under a resumed stage 2."""
+    from granite_train.models.tiny_llm import PRETRAINING_RECORD, build_base_llm
+
+    out = tmp_path / "llm"
+    args = dict(
+        preset="micro", vocab_size=300, pretrain_steps=2, copy_share=0.5, batch_size=4, progress=False
+    )
+    first = build_base_llm(out, SENTENCES, **args)
+    assert first["settings"]["copy_share"] == 0.5 and math.isfinite(first["losses"]["last_loss"])
+    assert (out / PRETRAINING_RECORD).is_file()
+    weights = (out / "model.safetensors").read_bytes()
+    capsys.readouterr()
+    assert build_base_llm(out, SENTENCES, **args) == first
+    assert "reusing" in capsys.readouterr().out
+    assert (out / "model.safetensors").read_bytes() == weights
+    # other settings: built again (the copy-only build has no LM-row loss)
+    again = build_base_llm(out, SENTENCES, **{**args, "copy_share": 1.0})
+    assert "last_lm_loss" not in again["losses"] and "last_copy_loss" in again["losses"]
+    assert (out / "model.safetensors").read_bytes() != weights
+
+
 def test_tokenizer_without_audio_token_gets_it_and_embeddings_resize(parts, tmp_path):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import GraniteConfig, GraniteForCausalLM, PreTrainedTokenizerFast

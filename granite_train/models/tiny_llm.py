@@ -278,11 +278,66 @@ def corpus_texts(path: str | Path, split: str = "train", column: str = "text") -
     return texts
 
 
+PRETRAINING_RECORD = "pretraining.json"
+
+
+def build_base_llm(
+    out_dir: str | Path,
+    texts: Sequence[str],
+    preset: str = "tiny",
+    vocab_size: int = 1024,
+    seed: int = 0,
+    pretrain_steps: int = 0,
+    copy_share: float = 0.0,
+    batch_size: int = 64,
+    keep_case: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """The local stand-in for a base LLM: tokenizer + tiny Granite LLM + pretraining, in ``out_dir``.
+
+    ``texts`` are the stage-2 training transcripts; unless ``keep_case`` they are normalised as the
+    targets are (``prompts.normalize_target``). The prompts the model always reads are in the
+    tokenizer's training text, so they tokenize compactly. A finished build leaves
+    :data:`PRETRAINING_RECORD` (settings and losses) and is reused when asked again for the same
+    settings, so a re-run demo does not rebuild the LLM under a resumed stage 2.
+    """
+    import json
+
+    from granite_train.data.prompts import ASR_INSTRUCTIONS, AST_INSTRUCTIONS, normalize_target
+
+    out = Path(out_dir)
+    settings = dict(
+        preset=preset, vocab_size=vocab_size, seed=seed, pretrain_steps=pretrain_steps,
+        copy_share=copy_share, batch_size=batch_size, keep_case=keep_case, num_texts=len(texts),
+    )  # fmt: skip
+    record = out / PRETRAINING_RECORD
+    if record.is_file():
+        done = json.loads(record.read_text())
+        if done.get("settings") == settings:
+            print(f"[tiny-llm] {out} is already built with these settings: reusing it", flush=True)
+            return done
+    if not keep_case:  # the form stage-2 targets take with prompts.normalize_targets
+        texts = [normalize_target(t) for t in texts]
+    prompts = [f"USER: {i}\n ASSISTANT:" for i in ASR_INSTRUCTIONS + AST_INSTRUCTIONS]
+    build_tiny_llm(out, list(texts) + prompts * 20, preset, vocab_size, seed)
+    print(
+        f"[tiny-llm] {preset} Granite LLM + {vocab_size}-token BPE ({len(texts)} texts) -> {out}", flush=True
+    )
+    losses: dict[str, float] = {}
+    if pretrain_steps:
+        losses = pretrain_text_lm(
+            out, texts, steps=pretrain_steps, batch_size=batch_size, seed=seed, copy_share=copy_share,
+            progress=progress,
+        )  # fmt: skip
+        print("[tiny-llm] pretraining losses: " + ", ".join(f"{k} {v:.2f}" for k, v in losses.items()))
+    done = {"settings": settings, "losses": losses}
+    record.write_text(json.dumps(done, indent=2))
+    return done
+
+
 def main(argv: list[str] | None = None) -> None:
     """``python -m granite_train.models.tiny_llm --corpus DIR --out DIR``: a local stand-in base LLM."""
     import argparse
-
-    from granite_train.data.prompts import ASR_INSTRUCTIONS, AST_INSTRUCTIONS, normalize_target
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--out", required=True, help="output folder")
@@ -312,18 +367,10 @@ def main(argv: list[str] | None = None) -> None:
         texts += [line.strip() for line in open(file, encoding="utf-8") if line.strip()]
     if not texts:
         parser.error("give at least one --corpus or --texts")
-    if not args.keep_case:  # the form stage-2 targets take with prompts.normalize_targets
-        texts = [normalize_target(t) for t in texts]
-    # the prompts are text the model always reads: let them tokenize compactly too
-    prompts = [f"USER: {i}\n ASSISTANT:" for i in ASR_INSTRUCTIONS + AST_INSTRUCTIONS]
-    out = build_tiny_llm(args.out, texts + prompts * 20, args.preset, args.vocab_size, args.seed)
-    print(f"[tiny-llm] {args.preset} Granite LLM + {args.vocab_size}-token BPE ({len(texts)} texts) -> {out}")
-    if args.pretrain_steps:
-        losses = pretrain_text_lm(
-            out, texts, steps=args.pretrain_steps, batch_size=args.batch_size, seed=args.seed,
-            copy_share=args.copy_share,
-        )  # fmt: skip
-        print("[tiny-llm] pretraining losses: " + ", ".join(f"{k} {v:.2f}" for k, v in losses.items()))
+    build_base_llm(
+        args.out, texts, args.preset, args.vocab_size, args.seed, args.pretrain_steps, args.copy_share,
+        args.batch_size, args.keep_case,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":
