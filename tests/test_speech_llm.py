@@ -557,8 +557,10 @@ def test_training_run_overfits_and_checkpoints(parts, corpus, tmp_path, capfd):
             "trainer.max_steps=20",
             "trainer.val_every_n_steps=20",
             "trainer.checkpoint_every_n_steps=20",
+            "optim.start_step.language_model=10",  # the recipe holds the LLM for 300 steps
         ),
     )
+    assert cfg["optim"]["start_step"] == {"language_model": 10}
     result = train(cfg)
     assert result.global_step == 20
     printed = capfd.readouterr()
@@ -570,7 +572,7 @@ def test_training_run_overfits_and_checkpoints(parts, corpus, tmp_path, capfd):
     assert last < 0.7 * first, losses
     assert any("val/wer" in r for r in rows) and any("val/loss" in r for r in rows)
     assert (tmp_path / "processor").is_dir()
-    ckpt = torch.load(result.last_checkpoint, map_location="cpu", weights_only=False)
+    ckpt = torch.load(result.last_checkpoint, map_location="cpu", weights_only=True)
     info = ckpt["speech_llm"]
     assert info["config"]["model_type"] == "granite_speech" and info["lora"] is None
     assert info["config"]["projector_config"]["hidden_size"] == 32
@@ -578,7 +580,7 @@ def test_training_run_overfits_and_checkpoints(parts, corpus, tmp_path, capfd):
     state = ckpt["state_dict"]
     for k, v in enc_state.items():  # the frozen encoder (BatchNorm statistics too) is as it was
         assert torch.equal(state[f"model.hf.model.encoder.{k}"], v), k
-    # the LLM trained (recipe: llm=true), so the run did change weights
+    # the LLM trained (recipe: llm=true) once its held steps were over, so the run did change it
     base = AutoModelForCausalLM.from_pretrained(str(parts["llm"]))
     assert not torch.equal(state["model.hf.model.language_model.norm.weight"], base.model.norm.weight)
 
