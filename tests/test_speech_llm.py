@@ -199,6 +199,12 @@ def test_base_llm_build_is_reused_only_for_the_same_settings(tmp_path, capsys):
     again = build_base_llm(out, SENTENCES, **{**args, "copy_share": 1.0})
     assert "last_lm_loss" not in again["losses"] and "last_copy_loss" in again["losses"]
     assert (out / "model.safetensors").read_bytes() != weights
+    # as many texts, but other ones: built again too
+    other = [t.upper() for t in SENTENCES]
+    capsys.readouterr()
+    build_base_llm(out, other, **{**args, "copy_share": 1.0, "keep_case": True})
+    build_base_llm(out, SENTENCES, **{**args, "copy_share": 1.0, "keep_case": True})
+    assert "reusing" not in capsys.readouterr().out
 
 
 def test_tokenizer_without_audio_token_gets_it_and_embeddings_resize(parts, tmp_path):

@@ -301,14 +301,17 @@ def build_base_llm(
     :data:`PRETRAINING_RECORD` (settings and losses) and is reused when asked again for the same
     settings, so a re-run demo does not rebuild the LLM under a resumed stage 2.
     """
+    import hashlib
     import json
 
     from granite_train.data.prompts import ASR_INSTRUCTIONS, AST_INSTRUCTIONS, normalize_target
 
     out = Path(out_dir)
+    # the texts themselves, not just their number: a changed corpus must not reuse an old build
+    texts_sha256 = hashlib.sha256("\n".join(texts).encode("utf-8")).hexdigest()
     settings = dict(
         preset=preset, vocab_size=vocab_size, seed=seed, pretrain_steps=pretrain_steps,
-        copy_share=copy_share, batch_size=batch_size, keep_case=keep_case, num_texts=len(texts),
+        copy_share=copy_share, batch_size=batch_size, keep_case=keep_case, texts_sha256=texts_sha256,
     )  # fmt: skip
     record = out / PRETRAINING_RECORD
     if record.is_file():
