@@ -406,6 +406,84 @@ def test_audio_ctc_trains_projector_and_head_not_the_llm(parts):
     assert float(head.proj.weight.grad.abs().max()) > 0
 
 
+def test_audio_embed_loss_pulls_only_the_projector_to_the_embeddings_the_head_reads(parts):
+    speech = _assemble(parts)
+    speech.set_trainable(projector=True, lora=False, llm=True)
+    head = _ctc_head(speech)
+    batch = _collate(speech, _examples((16000, 9000)))
+    audio, counts = speech.audio_embeds(batch.features, batch.feature_lengths)
+    pull = speech.audio_embed_loss(audio, counts, head)
+    # by hand: real audio tokens only, target = head posterior x embedding table
+    table = speech.hf.get_input_embeddings().weight.detach()
+    total, n = 0.0, 0
+    for i in range(2):
+        real = audio[i, : counts[i]].detach()
+        with torch.no_grad():
+            target = head(real).softmax(-1)[:, : table.shape[0]] @ table
+        total += float((real - target).pow(2).sum())
+        n += int(counts[i])
+    assert float(pull.detach()) == pytest.approx(total / n / float(table.pow(2).sum(-1).mean()), rel=1e-4)
+    # padded audio tokens do not count: changing them leaves the loss as it is
+    assert counts[1] < audio.shape[1]
+    moved = audio.detach().clone()
+    moved[1, counts[1] :] += 5.0
+    assert float(speech.audio_embed_loss(moved, counts, head)) == pytest.approx(float(pull), rel=1e-6)
+    # tokens that are already the embeddings the head reads cost nothing
+    with torch.no_grad():
+        hard = torch.zeros_like(audio)
+        for i in range(2):
+            hard[i, : counts[i]] = table[speech.tokenizer.pad_token_id]
+        head.proj.weight.zero_()
+        head.proj.bias.fill_(-30.0)
+        head.proj.bias[speech.tokenizer.pad_token_id] = 30.0  # the head reads blank everywhere
+    assert float(speech.audio_embed_loss(hard, counts, head)) < 1e-8
+    # the gradient reaches the projector only: the posterior and the table are constants
+    pull.backward()
+    assert float(speech.projector.linear.weight.grad.abs().max()) > 0
+    assert all(p.grad is None for p in speech.language_model.parameters())
+    assert head.proj.weight.grad is None
+
+
+def test_audio_embed_weight_needs_the_ctc_head(parts, tmp_path):
+    from granite_train.training.speech_llm_module import SpeechLLMModule
+
+    model = dict(encoder=str(parts["encoder"]), llm=str(parts["llm"]), lora=None,
+                 loss={"audio_ctc_weight": 0.0, "audio_embed_weight": 1.0})
+    with pytest.raises(ValueError, match="audio_ctc_weight"):
+        SpeechLLMModule(model, {"lr": 1e-3}, total_steps=10)
+
+
+def test_target_token_noise_replaces_only_target_inputs():
+    from granite_train.models.speech_llm import corrupt_target_inputs
+
+    torch.manual_seed(0)
+    input_ids = torch.randint(0, 50, (64, 40))
+    labels = torch.full_like(input_ids, IGNORE_INDEX)
+    labels[:, 25:38] = input_ids[:, 25:38]  # prompt before, padding after
+    allowed = torch.tensor([100, 101, 102])
+    assert corrupt_target_inputs(input_ids, labels, 0.0, allowed) is input_ids
+    noisy = corrupt_target_inputs(input_ids, labels, 0.3, allowed)
+    changed = noisy != input_ids
+    assert not changed[labels == IGNORE_INDEX].any()  # prompt, audio and padding untouched
+    assert set(noisy[changed].tolist()) <= {100, 101, 102}
+    share = float(changed[labels != IGNORE_INDEX].float().mean())
+    assert 0.25 < share < 0.35  # 832 draws at 0.3
+    torch.manual_seed(0)
+    input_ids2 = torch.randint(0, 50, (64, 40))
+    assert torch.equal(corrupt_target_inputs(input_ids2, labels, 0.3, allowed), noisy)  # seeded: resumable
+    with pytest.raises(ValueError, match="noise"):
+        corrupt_target_inputs(input_ids, labels, 1.0, allowed)
+
+
+def test_module_rejects_bad_target_token_noise(parts):
+    from granite_train.training.speech_llm_module import SpeechLLMModule
+
+    model = dict(encoder=str(parts["encoder"]), llm=str(parts["llm"]), lora=None,
+                 loss={"target_token_noise": -0.1})
+    with pytest.raises(ValueError, match="target_token_noise"):
+        SpeechLLMModule(model, {"lr": 1e-3}, total_steps=10)
+
+
 def test_audio_embeddings_equal_transformers_reference(speech):
     reference = GraniteSpeechForConditionalGeneration(speech.config).eval()
     reference.load_state_dict(speech.hf.state_dict(), strict=True)

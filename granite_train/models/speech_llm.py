@@ -128,6 +128,30 @@ class SpeechLLMOutput:
     audio_ctc_loss: torch.Tensor | None = None  # the auxiliary audio-token CTC, when on
     audio_ctc_dropped: int = 0  # utterances left out of it: more target tokens than audio tokens
     audio_rms: float | None = None  # scale of the real audio tokens (vs the text embeddings')
+    audio_embed_loss: torch.Tensor | None = None  # the auxiliary pull into the embedding space, when on
+
+
+def corrupt_target_inputs(
+    input_ids: torch.Tensor, labels: torch.Tensor, rate: float, replacements: torch.Tensor
+) -> torch.Tensor:
+    """``input_ids`` with each labelled (target) token replaced, with probability ``rate``, by one
+    drawn uniformly from ``replacements``; prompt, audio and padding positions stay.
+
+    Training-only (``model.loss.target_token_noise``): the labels keep the true tokens, so the
+    model still learns to predict them, but from a teacher-forced prefix it cannot fully trust. A
+    small LLM trained in full otherwise learns the training transcripts by heart and predicts
+    from the prefix instead of reading the audio (RESULTS.md, trial 14). Draws from the global
+    torch RNG (seeded per step by the training loop, so resume stays exact).
+    """
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"target token noise must be in [0, 1), got {rate}")
+    if rate == 0.0:
+        return input_ids
+    hit = (labels != IGNORE_INDEX) & (torch.rand(labels.shape, device=labels.device) < rate)
+    picks = replacements.to(input_ids.device)[
+        torch.randint(len(replacements), labels.shape, device=labels.device)
+    ]
+    return torch.where(hit, picks, input_ids)
 
 
 class AudioCTCHead(nn.Module):
@@ -306,11 +330,13 @@ class SpeechLLM(nn.Module):
         labels: torch.Tensor,
         audio_ctc_head: AudioCTCHead | None = None,
         audio_ctc_weight: float = 0.0,
+        audio_embed_weight: float = 0.0,
     ) -> SpeechLLMOutput:
         """Mean next-token cross-entropy over the positions with a label (``labels != -100``).
 
         With ``audio_ctc_head`` and ``audio_ctc_weight`` > 0 the loss adds the auxiliary
-        audio-token CTC (:class:`AudioCTCHead`, :meth:`audio_ctc_loss`).
+        audio-token CTC (:class:`AudioCTCHead`, :meth:`audio_ctc_loss`); with ``audio_embed_weight``
+        > 0 too, it adds :meth:`audio_embed_loss`.
         """
         audio, counts = self.audio_embeds(features, feature_lengths)
         inputs_embeds = self._merge_audio(input_ids, audio, counts)
@@ -341,7 +367,32 @@ class SpeechLLM(nn.Module):
             if ctc is not None:
                 out.loss = lm_loss + audio_ctc_weight * ctc
                 out.audio_ctc_loss = ctc.detach()
+            if audio_embed_weight > 0:
+                pull = self.audio_embed_loss(audio, counts, audio_ctc_head)
+                out.loss = out.loss + audio_embed_weight * pull
+                out.audio_embed_loss = pull.detach()
         return out
+
+    def audio_embed_loss(self, audio: torch.Tensor, counts: torch.Tensor, head: AudioCTCHead) -> torch.Tensor:
+        """Squared distance of each real audio token to the LLM input embedding its CTC head reads
+        there (posterior-weighted, so mostly the blank = pad embedding between tokens), relative to
+        the embeddings' mean squared norm.
+
+        Training-only (``model.loss.audio_embed_weight``). It makes the projector write what a
+        copy-pretrained LLM reads: token embeddings among pads, at the embeddings' scale. Without
+        it the audio tokens grow to ~25x the embeddings' RMS, which drowns the attention outputs
+        at those positions in the residual stream and slows the LLM's reading (RESULTS.md, trial 12).
+        Gradient reaches the projector only: the posterior and the embedding table are constants.
+        """
+        keep = torch.arange(audio.shape[1], device=audio.device)[None, :] < counts[:, None].to(audio.device)
+        real = audio[keep].float()
+        with torch.no_grad():
+            table = self.hf.get_input_embeddings().weight.float()
+            probs = head(real).float().softmax(-1)
+            width = min(probs.shape[-1], table.shape[0])
+            target = probs[:, :width] @ table[:width]
+            scale = table.pow(2).sum(-1).mean().clamp_min(1e-12)
+        return (real - target).pow(2).sum(-1).mean() / scale
 
     def audio_ctc_loss(
         self,

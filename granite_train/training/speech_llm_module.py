@@ -15,7 +15,12 @@ from typing import Any
 
 import torch
 
-from granite_train.models.speech_llm import AudioCTCHead, build_speech_llm, format_counts
+from granite_train.models.speech_llm import (
+    AudioCTCHead,
+    build_speech_llm,
+    corrupt_target_inputs,
+    format_counts,
+)
 from granite_train.training.step_module import StepSkippingModule
 
 log = logging.getLogger(__name__)
@@ -53,10 +58,28 @@ class SpeechLLMModule(StepSkippingModule):
     ):
         super().__init__(optim, total_steps, seed=seed, fault_injection=fault_injection)
         self.save_hyperparameters()
-        self.model = build_speech_llm(model)
         self.audio_ctc_weight = float((model.get("loss") or {}).get("audio_ctc_weight", 0.0))
         if self.audio_ctc_weight < 0:
             raise ValueError(f"model.loss.audio_ctc_weight must be >= 0, not {self.audio_ctc_weight}")
+        self.audio_embed_weight = float((model.get("loss") or {}).get("audio_embed_weight", 0.0))
+        if self.audio_embed_weight < 0:
+            raise ValueError(f"model.loss.audio_embed_weight must be >= 0, not {self.audio_embed_weight}")
+        if self.audio_embed_weight > 0 and self.audio_ctc_weight <= 0:
+            raise ValueError(
+                "model.loss.audio_embed_weight reads its targets from the audio-token CTC head: "
+                "set model.loss.audio_ctc_weight > 0 too"
+            )
+        self.target_token_noise = float((model.get("loss") or {}).get("target_token_noise", 0.0))
+        if not 0.0 <= self.target_token_noise < 1.0:
+            raise ValueError(f"model.loss.target_token_noise must be in [0, 1), not {self.target_token_noise}")
+        self.model = build_speech_llm(model)
+        # random replacements: ordinary tokens only (an extra <|audio|> would break the audio merge)
+        special = set(self.model.tokenizer.all_special_ids) | {self.model.audio_token_id}
+        self.register_buffer(
+            "noise_tokens",
+            torch.tensor([i for i in range(len(self.model.tokenizer)) if i not in special]),
+            persistent=False,
+        )
         # training-only: it lives here, not in the exported model
         self.audio_ctc_head = None
         if self.audio_ctc_weight > 0:
@@ -86,14 +109,18 @@ class SpeechLLMModule(StepSkippingModule):
                 )
 
     def compute_loss(self, batch):
+        input_ids = batch.input_ids
+        if self.training and self.target_token_noise > 0:
+            input_ids = corrupt_target_inputs(input_ids, batch.labels, self.target_token_noise, self.noise_tokens)
         out = self.model(
-            batch.input_ids,
+            input_ids,
             batch.attention_mask,
             batch.features,
             batch.feature_lengths,
             batch.labels,
             audio_ctc_head=self.audio_ctc_head,
             audio_ctc_weight=self.audio_ctc_weight,
+            audio_embed_weight=self.audio_embed_weight,
         )
         self.counters["target_tokens"] += out.num_tokens
         extra = {"token_acc": out.num_correct / out.num_tokens, "lm_loss": out.lm_loss}
@@ -101,6 +128,8 @@ class SpeechLLMModule(StepSkippingModule):
             extra["audio_rms"] = out.audio_rms
         if out.audio_ctc_loss is not None:
             extra["audio_ctc_loss"] = out.audio_ctc_loss
+        if out.audio_embed_loss is not None:
+            extra["audio_embed_loss"] = out.audio_embed_loss
         if out.audio_ctc_dropped:
             self.counters["skipped/audio_ctc_too_short"] += out.audio_ctc_dropped
         return out.loss, extra
