@@ -696,6 +696,6 @@ def test_training_run_skips_nan_step(parts, corpus, tmp_path):
     assert ctc and all(math.isfinite(v) and v > 0 for v in ctc)
     pairs = [(r["train/lm_loss"], r["train/loss"]) for r in rows if "train/lm_loss" in r]
     assert pairs and all(lm <= total for lm, total in pairs if math.isfinite(total))
-    state = torch.load(result.last_checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    state = torch.load(result.last_checkpoint, map_location="cpu", weights_only=True)["state_dict"]
     assert "audio_ctc_head.proj.weight" in state
     assert not any("audio_ctc" in k for k in state if k.startswith("model."))
