@@ -475,6 +475,35 @@ def test_target_token_noise_replaces_only_target_inputs():
         corrupt_target_inputs(input_ids, labels, 1.0, allowed)
 
 
+def test_encoder_cache_serves_the_frozen_encoder_exactly(parts):
+    from granite_train.training.speech_llm_module import SpeechLLMModule
+
+    model = dict(encoder=str(parts["encoder"]), llm=str(parts["llm"]), lora=None, projector=PROJ,
+                 train={"projector": True, "llm": True}, encoder_cache_gb=0.01)
+    torch.manual_seed(1)
+    cached = SpeechLLMModule(model, {"lr": 1e-3}, total_steps=10).train()
+    torch.manual_seed(1)
+    plain = SpeechLLMModule({**model, "encoder_cache_gb": 0}, {"lr": 1e-3}, total_steps=10).train()
+    assert plain.encoder_cache is None
+    calls = []
+    cached.model.encoder.register_forward_hook(lambda *args: calls.append(1))
+    batch = _collate(cached.model, _examples())
+    reference, _ = plain.compute_loss(batch)
+    for expected_calls in (1, 1):  # encoded on the first pass only
+        loss, _ = cached.compute_loss(batch)
+        assert len(calls) == expected_calls
+        assert float(loss.detach()) == pytest.approx(float(reference.detach()), rel=1e-5)
+    assert cached.counters["encoder_cache/hits"] == 3 and cached.counters["encoder_cache/misses"] == 3
+    loss.backward()  # the projector still trains through cached outputs
+    assert float(cached.model.projector.linear.weight.grad.abs().max()) > 0
+    # validation does not use it
+    cached.eval()
+    cached.compute_loss(batch)
+    assert len(calls) == 2
+    with pytest.raises(ValueError, match="frozen encoder"):
+        SpeechLLMModule({**model, "train": {"projector": True, "encoder": True}}, {"lr": 1e-3}, total_steps=10)
+
+
 def test_module_rejects_bad_target_token_noise(parts):
     from granite_train.training.speech_llm_module import SpeechLLMModule
 

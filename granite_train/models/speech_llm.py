@@ -283,12 +283,8 @@ class SpeechLLM(nn.Module):
         return counts
 
     # forward --------------------------------------------------------------------------------------
-    def audio_embeds(
-        self, features: torch.Tensor, feature_lengths: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Projected audio (B, Q, D_llm) and the real audio tokens per utterance (B,)."""
-        if feature_lengths is None:
-            feature_lengths = torch.full((features.shape[0],), features.shape[1], device=features.device)
+    def encode(self, features: torch.Tensor, feature_lengths: torch.Tensor) -> torch.Tensor:
+        """Encoder output (B, T, D_enc) with the padded frames zeroed."""
         feature_lengths = feature_lengths.to(features.device)
         dtype = next(self.encoder.parameters()).dtype
         # a frozen encoder needs no graph: no activations kept for backward
@@ -297,7 +293,23 @@ class SpeechLLM(nn.Module):
         # zero the padded frames: the projector pads its last window with zeros, so this makes a
         # padded utterance's windows equal to those of the same utterance alone
         valid = lengths_to_mask(feature_lengths, hidden.shape[1])
-        hidden = hidden * valid.unsqueeze(-1).to(hidden.dtype)
+        return hidden * valid.unsqueeze(-1).to(hidden.dtype)
+
+    def audio_embeds(
+        self,
+        features: torch.Tensor,
+        feature_lengths: torch.Tensor | None,
+        encoder_hidden: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Projected audio (B, Q, D_llm) and the real audio tokens per utterance (B,).
+
+        ``encoder_hidden``: the output of :meth:`encode` for these features, computed elsewhere
+        (:class:`~granite_train.models.encoder_cache.EncoderOutputCache`); the encoder is skipped.
+        """
+        if feature_lengths is None:
+            feature_lengths = torch.full((features.shape[0],), features.shape[1], device=features.device)
+        feature_lengths = feature_lengths.to(features.device)
+        hidden = self.encode(features, feature_lengths) if encoder_hidden is None else encoder_hidden
         embeds = self.projector(hidden)
         counts = projector_tokens(feature_lengths, self.config.window_size, self.config.downsample_rate)
         return embeds, counts
@@ -331,14 +343,15 @@ class SpeechLLM(nn.Module):
         audio_ctc_head: AudioCTCHead | None = None,
         audio_ctc_weight: float = 0.0,
         audio_embed_weight: float = 0.0,
+        encoder_hidden: torch.Tensor | None = None,
     ) -> SpeechLLMOutput:
         """Mean next-token cross-entropy over the positions with a label (``labels != -100``).
 
         With ``audio_ctc_head`` and ``audio_ctc_weight`` > 0 the loss adds the auxiliary
         audio-token CTC (:class:`AudioCTCHead`, :meth:`audio_ctc_loss`); with ``audio_embed_weight``
-        > 0 too, it adds :meth:`audio_embed_loss`.
+        > 0 too, it adds :meth:`audio_embed_loss`. ``encoder_hidden``: see :meth:`audio_embeds`.
         """
-        audio, counts = self.audio_embeds(features, feature_lengths)
+        audio, counts = self.audio_embeds(features, feature_lengths, encoder_hidden)
         inputs_embeds = self._merge_audio(input_ids, audio, counts)
         hidden = self.hf.model.language_model(
             inputs_embeds=inputs_embeds, attention_mask=attention_mask, use_cache=False

@@ -212,8 +212,10 @@ def _build_stage(cfg: Mapping[str, Any], max_steps: int, seed: int, debug: Mappi
         return module, None
     if stage == "speech_llm":
         from granite_train.data.prompts import PromptBuilder, PromptConfig, SpeechLLMCollator
+        from granite_train.models.encoder_cache import check_encoder_cache_allowed
         from granite_train.training.speech_llm_module import SpeechLLMModule
 
+        check_encoder_cache_allowed(cfg["model"], cfg.get("data") or {})
         val = dict(cfg.get("validation") or {})
         module = SpeechLLMModule(
             model=dict(cfg["model"]),

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from granite_train.models.encoder_cache import EncoderOutputCache
 from granite_train.models.speech_llm import (
     AudioCTCHead,
     build_speech_llm,
@@ -73,6 +74,12 @@ class SpeechLLMModule(StepSkippingModule):
         if not 0.0 <= self.target_token_noise < 1.0:
             raise ValueError(f"model.loss.target_token_noise must be in [0, 1), not {self.target_token_noise}")
         self.model = build_speech_llm(model)
+        self.encoder_cache = None
+        cache_gb = float(model.get("encoder_cache_gb") or 0)
+        if cache_gb > 0:
+            if "encoder" not in self.model.frozen:
+                raise ValueError("model.encoder_cache_gb needs a frozen encoder (model.train.encoder=false)")
+            self.encoder_cache = EncoderOutputCache(int(cache_gb * 2**30))
         # random replacements: ordinary tokens only (an extra <|audio|> would break the audio merge)
         special = set(self.model.tokenizer.all_special_ids) | {self.model.audio_token_id}
         self.register_buffer(
@@ -112,6 +119,11 @@ class SpeechLLMModule(StepSkippingModule):
         input_ids = batch.input_ids
         if self.training and self.target_token_noise > 0:
             input_ids = corrupt_target_inputs(input_ids, batch.labels, self.target_token_noise, self.noise_tokens)
+        hidden = None
+        if self.training and self.encoder_cache is not None:
+            hidden = self.encoder_cache(batch.ids, batch.features, batch.feature_lengths, self.model.encode)
+            self.counters.update({f"encoder_cache/{k}": v for k, v in self.encoder_cache.counts.items()})
+            self.encoder_cache.counts.clear()
         out = self.model(
             input_ids,
             batch.attention_mask,
@@ -121,6 +133,7 @@ class SpeechLLMModule(StepSkippingModule):
             audio_ctc_head=self.audio_ctc_head,
             audio_ctc_weight=self.audio_ctc_weight,
             audio_embed_weight=self.audio_embed_weight,
+            encoder_hidden=hidden,
         )
         self.counters["target_tokens"] += out.num_tokens
         extra = {"token_acc": out.num_correct / out.num_tokens, "lm_loss": out.lm_loss}

@@ -246,7 +246,7 @@ class StepSkippingModule(L.LightningModule):
 
     def log_counters(self, bsz: int) -> None:
         for key, value in self.counters.items():
-            if key.startswith(("seen/", "skipped/")):
+            if key.startswith(("seen/", "skipped/", "encoder_cache/")):
                 self.log(f"data/{key}", float(value), batch_size=bsz)
 
     def log_mixture(self) -> None:
