@@ -31,7 +31,7 @@ start=$(date +%s)
 echo "training wall time: $(( $(date +%s) - start )) s"
 
 # 3. greedy generation on the held-out sentences, from the exported transformers folder
-# greedy, then beam search (8 beams: ~10 WER points better on this model, RESULTS.md trials 13-15)
+# greedy, then beam search (8 beams: 5-10 WER points better on this model, RESULTS.md trials 13-17)
 for beams in 1 8; do
   "$VENV/bin/granite-train" eval model_path="$OUT/speech_llm_hf" output_dir="$OUT/eval_beam$beams" \
     num_beams=$beams "datasets=[{name: tts_en_test, path: $CORPUS, split: test, language: en}]"

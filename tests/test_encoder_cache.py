@@ -90,7 +90,9 @@ def test_cache_is_refused_where_outputs_would_go_stale():
     check_encoder_cache_allowed({"encoder_cache_gb": 0}, {"augment": {"spec_augment": {"num_freq_masks": 2}}})
     check_encoder_cache_allowed({"encoder_cache_gb": 1}, {"augment": {"spec_augment": None, "noise": None}})
     with pytest.raises(ValueError, match="spec_augment"):
-        check_encoder_cache_allowed({"encoder_cache_gb": 1}, {"augment": {"spec_augment": {"num_freq_masks": 2}}})
+        check_encoder_cache_allowed(
+            {"encoder_cache_gb": 1}, {"augment": {"spec_augment": {"num_freq_masks": 2}}}
+        )
     with pytest.raises(ValueError, match="noise"):
         check_encoder_cache_allowed({"encoder_cache_gb": 1}, {"augment": {"noise": {"snr_db": [5, 20]}}})
     with pytest.raises(ValueError, match="frozen encoder"):

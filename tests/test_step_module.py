@@ -88,3 +88,23 @@ def test_start_step_holds_a_part_at_zero_lr_then_follows_the_schedule():
     base = module._schedule(scheduler.last_epoch)
     lrs = {round(g["lr"] / (OPTIM["lr"] * base), 6) for g in optimizer.param_groups}
     assert lrs == {1.0, 2.0}
+
+
+def test_fused_adamw_by_default_and_the_same_update_as_the_loop():
+    torch.manual_seed(0)
+    fused, loop = _TwoParts(OPTIM), _TwoParts({**OPTIM, "fused": False})
+    loop.load_state_dict(fused.state_dict())
+    start = {n: p.detach().clone() for n, p in fused.named_parameters()}
+    opt_fused = fused.configure_optimizers()["optimizer"]
+    opt_loop = loop.configure_optimizers()["optimizer"]
+    assert opt_fused.defaults["fused"] is True and not opt_loop.defaults["fused"]
+    x = torch.randn(8, 4)
+    for _ in range(3):
+        for module, opt in ((fused, opt_fused), (loop, opt_loop)):
+            opt.zero_grad()
+            (module.llm(module.projector(x)) ** 2).mean().backward()
+            opt.step()
+    for (name, a), b in zip(fused.named_parameters(), loop.parameters()):
+        assert torch.allclose(a, b, atol=1e-6), name
+    assert not torch.allclose(fused.llm.weight, start["llm.weight"])  # it did train
+    assert torch.equal(fused.frozen.weight, start["frozen.weight"])

@@ -122,11 +122,17 @@ class StepSkippingModule(L.LightningModule):
             log.warning("optim patterns that match no trainable parameter (ignored): %s", unmatched)
         lr = float(cfg["lr"])
         keys = list(groups)
+        fused = cfg.get("fused", "auto")
+        if fused == "auto":  # one kernel for all parameters: ~3x faster than the per-tensor loop
+            fused = all(
+                p.is_floating_point() and p.device.type in ("cpu", "cuda") for g in groups.values() for p in g
+            )
         optimizer = torch.optim.AdamW(
             [{"params": groups[k], "weight_decay": k[0], "lr": lr * k[1]} for k in keys],
             lr=lr,
             betas=tuple(cfg.get("betas", (0.9, 0.98))),
             eps=float(cfg.get("eps", 1e-8)),
+            fused=bool(fused),
         )
         schedule_cfg = dict(cfg.get("schedule") or {"name": "constant"})
         schedule = build_schedule(schedule_cfg.pop("name"), self.total_steps, lr, **schedule_cfg)
