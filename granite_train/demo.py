@@ -33,16 +33,23 @@ class _Timer:
 
 def transcribe_with_transformers(model_dir: str | Path, waveform, max_new_tokens: int = 64) -> str:
     """Plain transformers, no granite-train code: what a user of the exported folder runs."""
-    import torch
     from transformers import AutoModelForSpeechSeq2Seq, AutoProcessor
+
+    from granite_train.data.prompts import ASR_INSTRUCTIONS
 
     processor = AutoProcessor.from_pretrained(str(model_dir))
     model = AutoModelForSpeechSeq2Seq.from_pretrained(str(model_dir)).eval()
-    from granite_train.data.prompts import ASR_INSTRUCTIONS
+    # the published instruction, as training and evaluation use it
+    return greedy_transcript(model, processor, waveform, ASR_INSTRUCTIONS[0], max_new_tokens)
+
+
+def greedy_transcript(model, processor, waveform, instruction: str, max_new_tokens: int = 64) -> str:
+    """Greedy transcript of one utterance from a transformers GraniteSpeech model and its processor."""
+    import torch
+
     from granite_train.models.speech_llm import AUDIO_TOKEN
 
-    # the published instruction, as training and evaluation use it
-    chat = [{"role": "user", "content": AUDIO_TOKEN + ASR_INSTRUCTIONS[0]}]
+    chat = [{"role": "user", "content": AUDIO_TOKEN + instruction}]
     prompt = processor.tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
     inputs = processor(prompt, torch.as_tensor(waveform, dtype=torch.float32), return_tensors="pt")
     with torch.no_grad():

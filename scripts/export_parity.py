@@ -21,13 +21,13 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import soundfile as sf
-import torch
 from transformers import AutoModelForSpeechSeq2Seq, AutoProcessor
 
-AUDIO_TOKEN = "<|audio|>"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from granite_train.demo import greedy_transcript  # noqa: E402  (plain transformers calls only)
 
 
-def test_waves(corpus: Path, split: str) -> dict[str, tuple[str, object]]:
+def held_out_waves(corpus: Path, split: str) -> dict[str, tuple[str, object]]:
     """Utterance id (as the eval writes it: ``{dataset}/{id}``, matched on the id) -> (text, wave)."""
     out = {}
     for shard in sorted((corpus / "data").glob(f"{split}-*.parquet")):
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = [json.loads(line) for line in Path(args.hypotheses).read_text().splitlines() if line.strip()]
     rows = rows[: args.limit] if args.limit else rows
-    waves = test_waves(Path(args.corpus), args.split)
+    waves = held_out_waves(Path(args.corpus), args.split)
     processor = AutoProcessor.from_pretrained(args.model)
     model = AutoModelForSpeechSeq2Seq.from_pretrained(args.model).eval()
     same = 0
@@ -60,14 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         if key not in waves:
             raise SystemExit(f"{row['id']}: not in {args.corpus} ({args.split})")
         _, wave = waves[key]
-        chat = [{"role": "user", "content": AUDIO_TOKEN + row["instruction"]}]
-        prompt = processor.tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
-        inputs = processor(prompt, torch.as_tensor(wave), return_tensors="pt")
-        with torch.no_grad():
-            out = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False, num_beams=1)
-        text = processor.tokenizer.decode(
-            out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True
-        ).strip()
+        text = greedy_transcript(model, processor, wave, row["instruction"], args.max_new_tokens)
         if text == row["hypothesis"]:
             same += 1
         else:

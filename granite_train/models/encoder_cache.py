@@ -57,8 +57,14 @@ class EncoderOutputCache:
         """
         if len(ids) != features.shape[0]:
             raise ValueError(f"{len(ids)} ids for a batch of {features.shape[0]} utterances")
+        # one fingerprint per utterance (its real frames' sum), read back in one host sync
+        valid = (
+            torch.arange(features.shape[1], device=features.device)[None, :]
+            < lengths.to(features.device)[:, None]
+        )
+        sums = (features.double() * valid.unsqueeze(-1)).sum(dim=(1, 2)).tolist()
         lengths = lengths.to("cpu")
-        sums = [float(features[i, : int(lengths[i])].double().sum()) for i in range(len(ids))]
+        frames = lengths.tolist()
         missing = []
         for i, key in enumerate(ids):
             entry = self._entries.get(key)
@@ -66,10 +72,10 @@ class EncoderOutputCache:
                 missing.append(i)
                 continue
             _, length, total = entry
-            if length != int(lengths[i]) or abs(total - sums[i]) > 1e-3 * max(1.0, abs(total)):
+            if length != frames[i] or abs(total - sums[i]) > 1e-3 * max(1.0, abs(total)):
                 raise ValueError(
                     f"encoder cache: example id {key!r} came back with different features "
-                    f"({int(lengths[i])} frames, sum {sums[i]:.4g}; cached {length} frames, sum {total:.4g}). "
+                    f"({frames[i]} frames, sum {sums[i]:.4g}; cached {length} frames, sum {total:.4g}). "
                     "Ids must be unique per recording, and the features of an id must not change "
                     "between epochs (no SpecAugment / noise); or set model.encoder_cache_gb=0"
                 )
@@ -84,8 +90,8 @@ class EncoderOutputCache:
                 hidden = encode(sub, sub_lengths.to(features.device))
             for j, i in enumerate(missing):
                 # clone: a slice would keep the whole batch tensor alive
-                fresh[i] = hidden[j, : int(sub_lengths[j])].detach().clone()
-                self._store(ids[i], fresh[i], int(lengths[i]), sums[i])
+                fresh[i] = hidden[j, : frames[i]].detach().clone()
+                self._store(ids[i], fresh[i], frames[i], sums[i])
         parts = [fresh[i] if i in fresh else self._entries[key][0] for i, key in enumerate(ids)]
         out = parts[0].new_zeros(len(ids), features.shape[1], parts[0].shape[-1])
         for i, part in enumerate(parts):
