@@ -74,19 +74,16 @@ from transformers import (  # noqa: E402
     GraniteSpeechForConditionalGeneration,
 )
 
+from granite_train.models.config import PROJECTOR_PRESETS, LoraSettings  # noqa: E402
 from granite_train.models.encoder import CTCEncoder, encoder_config  # noqa: E402
-from granite_train.models.speech_llm import (  # noqa: E402
+from granite_train.models.speech_llm import SpeechLLM, assemble_speech_llm, format_counts  # noqa: E402
+from granite_train.models.tiny_llm import build_tiny_llm  # noqa: E402
+from granite_train.speech_format import (  # noqa: E402
     AUDIO_TOKEN,
     IGNORE_INDEX,
-    PROJECTOR_PRESETS,
-    LoraSettings,
-    SpeechLLM,
-    assemble_speech_llm,
     encoder_frames,
-    format_counts,
     projector_tokens,
 )
-from granite_train.models.tiny_llm import build_tiny_llm  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_RATE = 16000

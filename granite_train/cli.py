@@ -12,21 +12,23 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
+
+from granite_train.recipes import (
+    CONFIG_DIR,
+    RECIPE_DIR,
+    RecipeNotFoundError,
+    available_recipes,
+    check_recipe,
+    recipe_file,
+    upsert_overrides,
+)
+from granite_train.recipes import to_container as _container
+from granite_train.typed_config import ConfigKeyError
 
 log = logging.getLogger("granite_train")
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-CONFIG_DIR = REPO_ROOT / "configs"
-RECIPE_DIR = REPO_ROOT / "recipes"
-
-# `${repo_root:}` in configs: where the checkout lives (data_prep/texts, default work dir).
-if not OmegaConf.has_resolver("repo_root"):
-    OmegaConf.register_new_resolver("repo_root", lambda: str(REPO_ROOT))
-
-
-def _container(cfg: DictConfig) -> dict:
-    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+_RECIPE_PATH: Path | None = None  # the recipe file `granite-train train` composes (for error messages)
 
 
 def data_report(cfg: DictConfig) -> None:
@@ -48,7 +50,8 @@ def demo(cfg: DictConfig) -> None:
 
 def data_demo(cfg: DictConfig) -> None:
     """Generate the multilingual synthetic corpus, then report on the pipeline over it."""
-    from granite_train.data.tasks import generate_demo_corpus, run_data_report
+    from granite_train.data.tasks import run_data_report
+    from granite_train.demo import generate_demo_corpus
 
     generate_demo_corpus(_container(cfg.demo), corpus_dir=cfg.paths.corpus_dir, seed=cfg.seed)
     report = run_data_report(_container(cfg.data), max_batches=cfg.report.max_batches)
@@ -57,9 +60,19 @@ def data_demo(cfg: DictConfig) -> None:
 
 def train(cfg: DictConfig) -> None:
     """Train a recipe: granite-train train recipe=<name or path.yaml> [key=value ...]."""
+    from hydra.core.hydra_config import HydraConfig
+
     from granite_train.training.run import train as run_training
 
-    result = run_training(_container(cfg))
+    values = _container(cfg)
+    hydra_cfg = HydraConfig.get()
+    recipe = _RECIPE_PATH or RECIPE_DIR / f"{hydra_cfg.job.config_name}.yaml"
+    try:  # every key checked before a model is built or a file read
+        check_recipe(values, recipe, list(hydra_cfg.overrides.task))
+    except ConfigKeyError as err:
+        print(f"granite-train train: {err}", file=sys.stderr)
+        sys.exit(2)
+    result = run_training(values)
     print(f"done: {result.global_step} steps; outputs in {result.output_dir}")
     for key in sorted(result.metrics):
         if key.startswith("val/"):
@@ -73,52 +86,30 @@ def evaluate(cfg: DictConfig) -> None:
 
     from granite_train.eval.generate import is_speech_llm_folder, run_generate_eval
     from granite_train.eval.run import run_eval
+    from granite_train.eval.settings import EvalSettings
 
-    output_dir = cfg.output_dir or HydraConfig.get().runtime.output_dir
-    decoding = cfg.get("decoding", "auto")
+    values = _container(cfg)
+    output_dir = values.pop("output_dir") or HydraConfig.get().runtime.output_dir
+    model, datasets, decoding = values.pop("model_path"), values.pop("datasets"), values.pop("decoding")
+    values.pop("paths", None)
+    values["write_hypotheses"] = values.pop("hypotheses")
+    try:
+        settings = EvalSettings.of(values)
+    except ConfigKeyError as err:
+        print(f"granite-train eval: {err}", file=sys.stderr)
+        sys.exit(2)
     if decoding not in ("auto", "ctc", "generate"):
         raise ValueError(f"decoding must be auto, ctc or generate, got {decoding!r}")
-    if decoding == "generate" or (decoding == "auto" and is_speech_llm_folder(cfg.model_path)):
-        _, table = run_generate_eval(
-            cfg.model_path,
-            _container(cfg.datasets),
-            output_dir,
-            device=cfg.device,
-            dtype=cfg.dtype,
-            attn_impl=cfg.attn_impl,
-            max_frames=cfg.max_frames,
-            max_duration=cfg.max_duration,
-            batch_size=cfg.get("batch_size"),
-            num_beams=cfg.get("num_beams", 1),
-            max_new_tokens=cfg.get("max_new_tokens", 200),
-            normalizer=cfg.get("generate_normalizer", "auto"),
-            keywords_in_prompt=cfg.get("keywords_in_prompt", True),
-            num_workers=cfg.num_workers,
-            write_hypotheses=cfg.hypotheses,
-        )
-        print(table, end="")
-        print(f"results in {output_dir}")
-        return
-    _, table = run_eval(
-        cfg.model_path,
-        _container(cfg.datasets),
-        output_dir,
-        device=cfg.device,
-        dtype=cfg.dtype,
-        attn_impl=cfg.attn_impl,
-        max_frames=cfg.max_frames,
-        max_duration=cfg.max_duration,
-        normalizer=cfg.normalizer,
-        num_workers=cfg.num_workers,
-        write_hypotheses=cfg.hypotheses,
-    )
+    generate = decoding == "generate" or (decoding == "auto" and is_speech_llm_folder(model))
+    run = run_generate_eval if generate else run_eval
+    _, table = run(model, datasets, output_dir, settings)
     print(table, end="")
     print(f"results in {output_dir}")
 
 
 def export(cfg: DictConfig) -> None:
     """Export a checkpoint as a transformers folder (stage 1: CTC encoder; stage 2: speech LLM)."""
-    from granite_train.models.speech_export import checkpoint_stage
+    from granite_train.models.checkpoints import checkpoint_stage
 
     if checkpoint_stage(cfg.checkpoint) == 2:
         from granite_train.models.speech_export import export_speech_checkpoint
@@ -169,33 +160,15 @@ def main(argv: list[str] | None = None) -> None:
     config_name, task = COMMANDS[command]
     config_dir = CONFIG_DIR
     if command == "train":
+        global _RECIPE_PATH
         config_dir, config_name, rest = _recipe(rest)
+        _RECIPE_PATH = config_dir / f"{config_name}.yaml"
         # recipes pick their groups (model, data, optim, ...) from configs/
-        rest = [f"hydra.searchpath=[file://{CONFIG_DIR}]", *rest]
+        rest = [f"hydra.searchpath=[file://{CONFIG_DIR},file://{RECIPE_DIR}]", *upsert_overrides(rest)]
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s %(levelname)s] %(message)s")
     # Hydra parses sys.argv itself: hand it the overrides only, and our name for its messages.
     sys.argv = [f"granite-train {command}", *rest]
     hydra.main(version_base="1.3", config_path=str(config_dir), config_name=config_name)(task)()
-
-
-def load_recipe(recipe: str, overrides: list[str] | tuple[str, ...] = ()) -> dict:
-    """Compose a recipe (name in ``recipes/`` or a YAML path) with overrides into a plain dict.
-
-    What ``granite-train train`` runs, for notebooks and tests:
-    ``train(load_recipe("ctc_tiny_en", ["trainer.max_steps=10"]))``.
-    """
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    config_dir, name, _ = _recipe([f"recipe={recipe}"])
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
-        cfg = compose(name, overrides=[*overrides, f"hydra.searchpath=[file://{CONFIG_DIR}]"])
-    return _container(cfg)
-
-
-def available_recipes() -> list[str]:
-    return sorted(p.stem for p in RECIPE_DIR.glob("*.yaml"))
 
 
 def _recipe(args: list[str]) -> tuple[Path, str, list[str]]:
@@ -210,20 +183,12 @@ def _recipe(args: list[str]) -> tuple[Path, str, list[str]]:
             file=sys.stderr,
         )
         sys.exit(2)
-    name = names[0]
-    if name.endswith((".yaml", ".yml")) or "/" in name:
-        path = Path(name).expanduser().resolve()
-        if not path.is_file():
-            print(f"granite-train train: recipe file {path} not found", file=sys.stderr)
-            sys.exit(2)
-        return path.parent, path.stem, rest
-    if not (RECIPE_DIR / f"{name}.yaml").is_file():
-        print(
-            f"granite-train train: unknown recipe {name!r}; available: {', '.join(available_recipes())}",
-            file=sys.stderr,
-        )
+    try:
+        path = recipe_file(names[0])
+    except RecipeNotFoundError as err:
+        print(f"granite-train train: {err}", file=sys.stderr)
         sys.exit(2)
-    return RECIPE_DIR, name, rest
+    return path.parent, path.stem, rest
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""The end-to-end demo (``granite-train demo``): corpus -> stage 1 -> stage 2 -> export -> reload.
+"""The demos: end to end (``granite-train demo``: corpus -> stage 1 -> stage 2 -> export -> reload)
+and the multilingual corpus of ``granite-train data-demo``.
 
 Each phase reuses the library's own entry points (the TTS generator, ``train`` with the tiny
 recipes, the evaluators, the export), so the demo is also the integration test of the whole
@@ -35,7 +36,7 @@ def transcribe_with_transformers(model_dir: str | Path, waveform, max_new_tokens
     """Plain transformers, no granite-train code: what a user of the exported folder runs."""
     from transformers import AutoModelForSpeechSeq2Seq, AutoProcessor
 
-    from granite_train.data.prompts import ASR_INSTRUCTIONS
+    from granite_train.speech_format import ASR_INSTRUCTIONS
 
     processor = AutoProcessor.from_pretrained(str(model_dir))
     model = AutoModelForSpeechSeq2Seq.from_pretrained(str(model_dir)).eval()
@@ -47,7 +48,7 @@ def greedy_transcript(model, processor, waveform, instruction: str, max_new_toke
     """Greedy transcript of one utterance from a transformers GraniteSpeech model and its processor."""
     import torch
 
-    from granite_train.models.speech_llm import AUDIO_TOKEN
+    from granite_train.speech_format import AUDIO_TOKEN
 
     chat = [{"role": "user", "content": AUDIO_TOKEN + instruction}]
     prompt = processor.tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
@@ -73,13 +74,40 @@ def _first_test_utterance(corpus: Path) -> tuple[str, str, Any]:
     return row["id"], row["text"], wave
 
 
+def generate_demo_corpus(demo: Mapping[str, Any], corpus_dir: str | Path, seed: int = 0) -> dict[str, Any]:
+    """Synthesise one dataset per language under ``corpus_dir/<lang>`` (finished shards are kept)."""
+    from data_prep.tts.generate import generate_corpus
+
+    texts_dir = Path(demo["texts_dir"])
+    summaries = {}
+    for lang in demo["languages"]:
+        n = demo["sentences_per_language"] * (4 if lang == "en" else 1)
+        print(f"[demo] {lang}: synthesising up to {n} sentences with {demo['backend']}", flush=True)
+        summaries[lang] = generate_corpus(
+            {lang: texts_dir / f"{lang}.txt"},
+            Path(corpus_dir) / lang,
+            backend=demo["backend"],
+            seed=seed,
+            test_fraction=demo["test_fraction"],
+            max_sentences_per_language=n,
+            num_workers=demo.get("num_workers"),
+            shard_size=max(1, n // 2),
+        )
+    hours = sum(s.audio_seconds for s in summaries.values()) / 3600
+    generated = sum(s.generated_audio_seconds for s in summaries.values())
+    wall = sum(s.wall_seconds for s in summaries.values())
+    speed = f"{generated / wall:.0f}x realtime" if generated else "all shards already done"
+    print(f"[demo] corpus: {hours:.2f} h in {len(summaries)} languages at {corpus_dir} ({speed})", flush=True)
+    return summaries
+
+
 def run_demo(cfg: Mapping[str, Any]) -> str:
     """Run every phase of the demo (``cfg`` is the resolved ``configs/demo.yaml``); returns the table."""
+    from data_prep.base_llm import build_base_llm, corpus_texts
     from data_prep.tts.generate import generate_corpus
-    from granite_train.cli import load_recipe
     from granite_train.eval.generate import run_generate_eval
     from granite_train.eval.run import run_eval
-    from granite_train.models.tiny_llm import build_base_llm, corpus_texts
+    from granite_train.recipes import load_recipe
     from granite_train.training.run import train
 
     demo = dict(cfg["demo"])

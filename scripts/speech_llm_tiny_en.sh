@@ -19,7 +19,7 @@ OUT=work/experiments/speech_llm_tiny_en
 # 1. the base LLM (a stand-in for granite-4.0-1b-base: it must know the language and copy from context)
 if [ ! -f "$LLM/model.safetensors" ]; then
   start=$(date +%s)
-  "$VENV/bin/python" -m granite_train.models.tiny_llm --corpus "$CORPUS" --out "$LLM" \
+  "$VENV/bin/python" -m data_prep.base_llm --corpus "$CORPUS" --out "$LLM" \
     --pretrain-steps 1500 --copy-share 0.9 --batch-size 32
   echo "base LLM wall time: $(( $(date +%s) - start )) s"
 fi

@@ -35,10 +35,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of the stage-2 recipe")
     args = parser.parse_args(argv)
 
-    from granite_train.cli import load_recipe
     from granite_train.data.prompts import PromptBuilder, PromptConfig, SpeechLLMCollator
-    from granite_train.models.speech_llm import AudioCTCHead, build_speech_llm
+    from granite_train.models.speech_llm import build_speech_llm
+    from granite_train.recipes import load_recipe
     from granite_train.training.run import SpeechDataModule
+    from granite_train.training.speech_llm_losses import AudioCTCHead
 
     torch.manual_seed(args.seed)
     cfg = load_recipe("speech_llm_tiny_en", ["data.num_workers=0", "model.train.llm=false", *args.overrides])

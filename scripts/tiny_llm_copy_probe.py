@@ -8,7 +8,7 @@ Builds a fresh tiny Granite LLM (as the demo does) and trains it on a mix of
   tokens; loss on the target only.
 
 A copy row is what stage 2 asks of the LLM once the projector carries the transcript: read the
-span in order. The loop is ``tiny_llm.pretrain_text_lm`` (its progress bar shows the running loss of
+span in order. The loop is ``data_prep.base_llm.pretrain_text_lm`` (its progress bar shows the running loss of
 each row type); copying is learned when the copy loss falls well below the LM loss.
 
     .venv/bin/python scripts/tiny_llm_copy_probe.py --out work/llm/copy_probe --steps 400
@@ -45,8 +45,10 @@ def main(argv: list[str] | None = None) -> None:
     if not 1.0 <= span_lo <= span_hi:
         parser.error("--span-factor needs 1 <= LO <= HI")
 
-    from granite_train.data.prompts import ASR_INSTRUCTIONS, normalize_target
-    from granite_train.models.tiny_llm import build_tiny_llm, corpus_texts, pretrain_text_lm
+    from data_prep.base_llm import corpus_texts, pretrain_text_lm
+    from granite_train.data.prompts import normalize_target
+    from granite_train.models.tiny_llm import build_tiny_llm
+    from granite_train.speech_format import ASR_INSTRUCTIONS
 
     texts = [normalize_target(t) for t in corpus_texts(args.corpus)]
     prompts = [f"USER: {i}\n ASSISTANT:" for i in ASR_INSTRUCTIONS] * 20

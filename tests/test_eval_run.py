@@ -17,10 +17,11 @@ from torch import nn
 from transformers import GraniteSpeechCTCEncoder
 
 from granite_train.audio.features import LogMelFeatures
-from granite_train.cli import CONFIG_DIR, main
+from granite_train.cli import main
 from granite_train.eval.report import read_results_json
 from granite_train.eval.run import EvalDataset, evaluate_ctc
 from granite_train.models import CTCEncoder, encoder_config
+from granite_train.recipes import CONFIG_DIR
 from granite_train.text.vocab import CharVocab
 from tests.corpus import audio_bytes, speechlike, write_parquet
 

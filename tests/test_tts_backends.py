@@ -20,7 +20,7 @@ from data_prep.tts.backends import (
     VoiceSpec,
     get_backend,
 )
-from data_prep.tts.generate import SAMPLING_RATE, _to_flac_16k
+from data_prep.tts.generate import SAMPLING_RATE, to_flac_16k
 
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
 
@@ -49,7 +49,7 @@ def test_espeak_speaks_every_language(espeak: EspeakBackend, language: str) -> N
     voice = espeak.sample_voice(language, np.random.default_rng(0))
     wave, sr = espeak.synthesize(SAMPLES[language], language, voice)
     assert wave.dtype == np.float32 and wave.ndim == 1
-    flac, n = _to_flac_16k(wave, sr)
+    flac, n = to_flac_16k(wave, sr)
     audio, sr16 = sf.read(io.BytesIO(flac), dtype="float32")
     assert sr16 == SAMPLING_RATE and audio.ndim == 1 and len(audio) == n
     duration = len(audio) / sr16

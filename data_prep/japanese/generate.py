@@ -34,7 +34,8 @@ from typing import Any
 
 from data_prep.japanese.sentences import FilterStats, SentenceFilter, iter_paragraphs
 from data_prep.tts.backends import BackendUnavailableError, TTSBackend, describe_backend, get_backend
-from data_prep.tts.generate import CorpusSummary, _available_cores, generate_corpus, iter_dataset_texts
+from data_prep.tts.corpus import CorpusSummary
+from data_prep.tts.generate import available_cores, generate_corpus, iter_dataset_texts
 
 LANGUAGE = "ja"
 BUNDLED_TEXT = Path(__file__).resolve().parents[1] / "texts" / "ja.txt"
@@ -212,7 +213,7 @@ class JapaneseSummary:
         return {
             "backend": self.backend,
             "num_workers": self.num_workers,
-            "cpu_cores": _available_cores(),
+            "cpu_cores": available_cores(),
             "shards_written": self.corpus.shards_written,
             "shards_skipped": self.corpus.shards_skipped,
             "examples": self.corpus.total_examples,
@@ -230,7 +231,7 @@ class JapaneseSummary:
             rate = (
                 f"throughput: {gen_h:.4f} h of audio in {self.wall_seconds:.1f} s wall = "
                 f"{self.hours_per_wall_hour:.1f} h per wall hour ({self.backend}, {self.num_workers} workers, "
-                f"{_available_cores()} cores)"
+                f"{available_cores()} cores)"
             )
         else:
             rate = f"throughput: nothing to generate (all {self.corpus.shards_skipped} shards already done)"
@@ -298,7 +299,7 @@ def generate_japanese(
     if max_sentences is not None and max_sentences < 1:
         raise ValueError("max_sentences must be >= 1")
     if num_workers is None:
-        num_workers = getattr(backend, "default_num_workers", None) or _available_cores()
+        num_workers = getattr(backend, "default_num_workers", None) or available_cores()
     texts = _kept_texts(documents, sentence_filter, max_sentences, progress)
     try:
         corpus = generate_corpus(

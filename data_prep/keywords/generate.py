@@ -31,7 +31,6 @@ shards.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
 import json
 import logging
@@ -44,7 +43,22 @@ from pathlib import Path
 from typing import Any
 
 from data_prep.keywords.select import REASONS, KeywordConfig, KeywordSelector, Vocabulary
-from data_prep.shards import STATE_DIR, remove_stale_shards
+from data_prep.shards import (
+    STATE_DIR,
+    Rejected,
+    Shard,
+    by_split,
+    fingerprint,
+    finished_states,
+    reason_counts,
+    remove_stale_shards,
+    shard_name,
+    size_category,
+    split_bytes,
+    write_atomic,
+    write_readme,
+    write_rejects,
+)
 from granite_train.data.sources import SourceReader, SourceSpec
 
 log = logging.getLogger(__name__)
@@ -125,9 +139,9 @@ def iter_texts(spec: SourceSpec, max_records: int | None = None) -> Iterator[str
     if spec.kind == "parquet":
         import pyarrow.parquet as pq
 
-        from granite_train.data.sources import _split_files
+        from granite_train.data.sources import split_files
 
-        for path in spec.data_files or _split_files(spec.path, spec.split):
+        for path in spec.data_files or split_files(spec.path, spec.split):
             pf = pq.ParquetFile(path)
             if spec.text_column not in pf.schema_arrow.names:
                 raise KeyError(f"{path}: no column {spec.text_column!r} (have {pf.schema_arrow.names})")
@@ -171,11 +185,11 @@ def build_vocabulary(
 
     path = out_dir / f"word_counts-{spec.split}.tsv"
     state_path = out_dir / STATE_DIR / f"word_counts-{spec.split}.json"
-    key = json.dumps([FORMAT_VERSION, _spec_dict(spec), max_records], sort_keys=True)
-    fingerprint = hashlib.sha1(key.encode()).hexdigest()
+    # ensure_ascii: the JSON options are part of the digest that existing state files hold
+    key = fingerprint([FORMAT_VERSION, _spec_dict(spec), max_records], sort_keys=True, ensure_ascii=True)
     desc = f"word counts of the source's `{spec.split}` transcripts (`{path.name}`)"
     try:
-        if json.loads(state_path.read_text())["fingerprint"] == fingerprint and path.is_file():
+        if json.loads(state_path.read_text())["fingerprint"] == key and path.is_file():
             return Vocabulary.load(path, common_top_k), desc, 0.0
     except (OSError, ValueError, KeyError):
         pass
@@ -187,10 +201,8 @@ def build_vocabulary(
             vocab.add(text)
         bar.update(1)
     bar.close()
-    from data_prep.tts.generate import _write_atomic
-
-    _write_atomic(path, lambda p: vocab.save(p))
-    _write_atomic(state_path, lambda p: p.write_text(json.dumps({"fingerprint": fingerprint})))
+    write_atomic(path, lambda p: vocab.save(p))
+    write_atomic(state_path, lambda p: p.write_text(json.dumps({"fingerprint": key})))
     # Read back what was saved, so a first run and a resumed one select from the same vocabulary.
     return Vocabulary.load(path, common_top_k), desc, time.perf_counter() - t0
 
@@ -220,29 +232,22 @@ def features():
     )
 
 
-class _Bad(Exception):
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(reason, detail)
-        self.reason = reason
-        self.detail = detail
-
-
 def _audio_bytes(audio: dict[str, Any]) -> tuple[bytes, str | None]:
     """The encoded bytes of a raw record's audio (read from its path if needed) and its path."""
     data, path = audio.get("bytes"), audio.get("path")
     if data:
         return bytes(data), path
     if not path:
-        raise _Bad("no_audio" if data is None else "empty_audio")
+        raise Rejected("no_audio" if data is None else "empty_audio")
     if not os.path.isfile(path):
-        raise _Bad("missing_file", path)
+        raise Rejected("missing_file", path)
     try:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as e:
-        raise _Bad("missing_file", f"{path}: {e}") from e
+        raise Rejected("missing_file", f"{path}: {e}") from e
     if not data:
-        raise _Bad("empty_audio", path)
+        raise Rejected("empty_audio", path)
     return data, os.path.basename(path)
 
 
@@ -257,29 +262,29 @@ def _check_audio(data: bytes, mode: str) -> float | None:
         try:
             info = sf.info(io.BytesIO(data))
         except Exception as e:  # noqa: BLE001 - libsndfile raises several types
-            raise _Bad("decode_error", str(e)[:300]) from e
+            raise Rejected("decode_error", str(e)[:300]) from e
         if info.frames <= 0 or info.samplerate <= 0:
-            raise _Bad("empty_audio", f"{info.frames} frames")
+            raise Rejected("empty_audio", f"{info.frames} frames")
         return info.frames / info.samplerate
     from granite_train.audio.io import AudioDecodeError, decode_audio
 
     try:
         wave, sr = decode_audio(data)
     except AudioDecodeError as e:
-        raise _Bad("decode_error", str(e)[:300]) from e
+        raise Rejected("decode_error", str(e)[:300]) from e
     if wave.size == 0:
-        raise _Bad("empty_audio", "0 samples")
+        raise Rejected("empty_audio", "0 samples")
     if not np.isfinite(wave).all():
-        raise _Bad("non_finite_samples", "NaN or inf samples")
+        raise Rejected("non_finite_samples", "NaN or inf samples")
     return wave.shape[-1] / sr
 
 
 def _make_row(record: dict[str, Any], example_id: str, selector: KeywordSelector, check_audio: str):
     text = record.get("text")
     if text is None:
-        raise _Bad("no_text")
+        raise Rejected("no_text")
     if not text.strip():
-        raise _Bad("empty_text")
+        raise Rejected("empty_text")
     data, path = _audio_bytes(record.get("audio") or {})
     seconds = _check_audio(data, check_audio)
     sel = selector.select(text, example_id)
@@ -295,38 +300,8 @@ def _make_row(record: dict[str, Any], example_id: str, selector: KeywordSelector
     return row, sel, seconds
 
 
-@dataclass
-class _Shard:
-    split: str
-    index: int
-    fingerprint: str
-    out_dir: Path
-
-    @property
-    def name(self) -> str:
-        return f"{self.split}-{self.index:05d}"
-
-    @property
-    def parquet_path(self) -> Path:
-        return self.out_dir / "data" / f"{self.name}.parquet"
-
-    @property
-    def state_path(self) -> Path:
-        return self.out_dir / STATE_DIR / f"{self.name}.json"
-
-    def done(self) -> dict | None:
-        """The saved state of this shard if finished with the same fingerprint, else None."""
-        if not (self.parquet_path.is_file() and self.state_path.is_file()):
-            return None
-        try:
-            state = json.loads(self.state_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
-        return state if state.get("fingerprint") == self.fingerprint else None
-
-
 def _write_shard(
-    shard: _Shard,
+    shard: Shard,
     records: list[dict[str, Any]],
     id_prefix: str,
     selector: KeywordSelector,
@@ -335,9 +310,6 @@ def _write_shard(
     settings: dict[str, Any],
 ) -> dict:
     import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from data_prep.tts.generate import _write_atomic
 
     rows: list[dict] = []
     failed: list[dict] = []
@@ -349,7 +321,7 @@ def _write_shard(
         example_id = rid[len(id_prefix) :] if rid.startswith(id_prefix) else rid
         try:
             row, sel, seconds = _make_row(record, example_id, selector, check_audio)
-        except _Bad as bad:
+        except Rejected as bad:
             failed.append({"id": example_id, "reason": bad.reason, "detail": bad.detail})
             continue
         rows.append(row)
@@ -361,25 +333,20 @@ def _write_shard(
         for word in sel.bias_words:
             reasons.update(sel.reasons[word])
     table = pa.Table.from_pylist(rows, schema=features().arrow_schema)
-    state = {
-        "format_version": FORMAT_VERSION,
-        "fingerprint": shard.fingerprint,
-        "split": shard.split,
-        "index": shard.index,
-        "num_records": len(records),
-        "num_examples": len(rows),
-        "audio_seconds": audio_seconds if check_audio != "none" else None,
-        "languages": dict(Counter(str(r["language"]) for r in rows)),
-        "stats": dict(stats),
-        "reasons": dict(reasons),
-        "failures": dict(sorted(Counter(f["reason"] for f in failed).items())),
-        "failed": failed,
-        "reader_state": reader_state,
-        "settings": settings,
-    }
-    # State first, data last: the parquet file appearing is the commit point of the shard.
-    _write_atomic(shard.state_path, lambda p: p.write_text(json.dumps(state, ensure_ascii=False, indent=1)))
-    _write_atomic(shard.parquet_path, lambda p: pq.write_table(table, p, row_group_size=100))
+    state = shard.new_state(
+        FORMAT_VERSION,
+        num_records=len(records),
+        num_examples=len(rows),
+        audio_seconds=audio_seconds if check_audio != "none" else None,
+        languages=dict(Counter(str(r["language"]) for r in rows)),
+        stats=dict(stats),
+        reasons=dict(reasons),
+        failures=reason_counts(failed),
+        failed=failed,
+        reader_state=reader_state,
+        settings=settings,
+    )
+    shard.write(state, table)
     return state
 
 
@@ -471,9 +438,8 @@ def generate_keyword_dataset(
         check_audio,
     ]
 
-    def shard(index: int) -> _Shard:
-        key = json.dumps([*base_key, index], sort_keys=True, ensure_ascii=False)
-        return _Shard(split, index, hashlib.sha1(key.encode()).hexdigest(), out)
+    def shard(index: int) -> Shard:
+        return Shard(out, split, index, fingerprint([*base_key, index], sort_keys=True))
 
     settings = {
         "source": _spec_dict(source),
@@ -491,7 +457,7 @@ def generate_keyword_dataset(
     remove_stale_shards(out, split, len(states))
 
     out.mkdir(parents=True, exist_ok=True)
-    all_states = _read_all_states(out)
+    all_states = finished_states(out)
     failures: Counter = Counter()
     for st in states:
         failures.update(st["failures"])
@@ -508,13 +474,9 @@ def generate_keyword_dataset(
         failures=dict(sorted(failures.items())),
         stats=_aggregate(states),
     )
-    with open(out / "failures.jsonl", "w", encoding="utf-8") as f:
-        for st in all_states:
-            for rec in st["failed"]:
-                f.write(
-                    json.dumps({"shard": f"{st['split']}-{st['index']:05d}", **rec}, ensure_ascii=False)
-                    + "\n"
-                )
+    write_rejects(
+        out / "failures.jsonl", ((shard_name(st["split"], st["index"]), st["failed"]) for st in all_states)
+    )
     write_card(out, all_states, license=license)
     if progress:
         print(summary.format(), flush=True)
@@ -587,22 +549,6 @@ def _restore(reader: SourceReader, state: dict) -> bool:
     return True
 
 
-def _read_all_states(out: Path) -> list[dict]:
-    """States of every finished shard in ``out`` (all splits), by split then index."""
-    states = []
-    folder = out / STATE_DIR
-    for p in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        if p.name.startswith("word_counts-"):
-            continue
-        try:
-            st = json.loads(p.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if (out / "data" / f"{p.stem}.parquet").is_file():
-            states.append(st)
-    return sorted(states, key=lambda st: (st["split"] != "train", st["split"], st["index"]))
-
-
 # ------------------------------------------------------------------------------------------ card
 
 
@@ -610,19 +556,12 @@ def write_card(out_dir: Path, states: list[dict], *, license: str = "other") -> 
     """README.md with Hugging Face YAML metadata for every split in ``out_dir`` (from the shard
     states: each split is described with the settings it was made with)."""
 
-    from data_prep.tts.card import front_matter, size_category, with_hub_layout
-
-    by_split: dict[str, list[dict]] = {}
-    for st in states:
-        by_split.setdefault(st["split"], []).append(st)
-    stats = {s: _aggregate(sts) for s, sts in by_split.items()}
-    sizes = {
-        s: sum((out_dir / "data" / f"{s}-{st['index']:05d}.parquet").stat().st_size for st in sts)
-        for s, sts in by_split.items()
-    }
+    splits = by_split(states)
+    stats = {s: _aggregate(sts) for s, sts in splits.items()}
+    sizes = split_bytes(out_dir, states)
     total = sum(v["examples"] for v in stats.values())
     languages = sorted({lang for v in stats.values() for lang in v["languages"] if lang != "None"})
-    settings = {s: sts[0].get("settings") or {} for s, sts in by_split.items()}
+    settings = {s: sts[0].get("settings") or {} for s, sts in splits.items()}
     paths = sorted({st.get("source", {}).get("path", "?") for st in settings.values()})
     meta: dict[str, Any] = {
         "license": license,
@@ -632,9 +571,7 @@ def write_card(out_dir: Path, states: list[dict], *, license: str = "other") -> 
         "size_categories": [size_category(total)],
         "pretty_name": f"Keyword-biased ASR: {', '.join(paths)}",
     }
-    meta = with_hub_layout(meta, {s: (sizes[s], stats[s]["examples"]) for s in by_split}, features())
     lines = [
-        *front_matter(meta),
         "",
         "# Keyword-biased ASR data",
         "",
@@ -658,7 +595,7 @@ def write_card(out_dir: Path, states: list[dict], *, license: str = "other") -> 
     ]
     for s, v in stats.items():
         hours = "n/a" if v["audio_seconds"] is None else f"{v['audio_seconds'] / 3600:.3f}"
-        bad = sum(sum(st["failures"].values()) for st in by_split[s])
+        bad = sum(sum(st["failures"].values()) for st in splits[s])
         lines.append(
             f"| {s} | {v['examples']} | {hours} | {100 * v['no_list_share']:.1f}% | "
             f"{v['mean_keywords']:.2f} | {v['mean_bias_words']:.2f} | {v['lists_without_bias_words']} | {bad} |"
@@ -708,6 +645,6 @@ def write_card(out_dir: Path, states: list[dict], *, license: str = "other") -> 
     if commands:
         lines += ["```bash", *dict.fromkeys(commands), "```", ""]
     lines.append("Same source, settings and seed give identical shards; a rerun skips finished shards.")
-    path = out_dir / "README.md"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+    return write_readme(
+        out_dir, meta, {s: (sizes[s], stats[s]["examples"]) for s in splits}, features(), lines
+    )

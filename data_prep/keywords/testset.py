@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from data_prep.keywords.select import format_prompt_suffix, occurs_in
+from data_prep.shards import ROW_GROUP_SIZE, remove_unplanned_shards, write_atomic, write_readme
 
 PEOPLE = (
     "Abernathy Adebayo Alejandro Anastasia Annika Aurelio Bartholomew Beatriz Bjorn Callum Caspian "
@@ -209,7 +210,7 @@ def build_testset(
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from data_prep.tts.generate import _write_atomic, generate_corpus, normalize_sentence
+    from data_prep.tts.generate import generate_corpus, normalize_sentence
 
     out = Path(out_dir)
     sentences = make_sentences(num_sentences, seed=seed, num_distractors=num_distractors)
@@ -226,7 +227,7 @@ def build_testset(
         command=command,
         sources={"en": "data_prep.keywords.testset templates"},
     )
-    written: set[str] = set()
+    written: set[str] = set()  # shard names
     num_examples = 0
     for i, path in enumerate(sorted((out / ".tts" / "data").glob("*.parquet"))):
         table = pq.read_table(path)
@@ -237,12 +238,10 @@ def build_testset(
         table = table.append_column("prompt_suffix", pa.array([s.prompt_suffix for s in picked], pa.string()))
         table = table.replace_schema_metadata(_features(table.schema).arrow_schema.metadata)
         target = out / "data" / f"{split}-{i:05d}.parquet"
-        _write_atomic(target, lambda p, table=table: pq.write_table(table, p, row_group_size=100))
-        written.add(target.name)
+        write_atomic(target, lambda p, table=table: pq.write_table(table, p, row_group_size=ROW_GROUP_SIZE))
+        written.add(target.stem)
         num_examples += table.num_rows
-    for p in (out / "data").glob("*.parquet"):
-        if p.name not in written:
-            p.unlink()
+    remove_unplanned_shards(out, written)
     with open(out / "sentences.jsonl", "w", encoding="utf-8") as f:
         for s in sentences:
             f.write(json.dumps(s.to_dict(), ensure_ascii=False) + "\n")
@@ -267,7 +266,7 @@ def _features(schema=None):
     from datasets import Features
 
     from data_prep.keywords.generate import features as keyword_features
-    from data_prep.tts.generate import _features as tts_features
+    from data_prep.tts.corpus import features as tts_features
 
     kw = keyword_features()
     base = Features.from_arrow_schema(schema) if schema is not None else tts_features()
@@ -287,7 +286,6 @@ def _write_card(
     command: str | None,
 ) -> Path:
     import pyarrow.parquet as pq
-    import yaml
 
     files = sorted((out / "data").glob("*.parquet"))
     size = sum(p.stat().st_size for p in files)
@@ -299,19 +297,9 @@ def _write_card(
         "tags": ["synthetic", "text-to-speech", "keyword-biasing", "contextual-biasing"],
         "size_categories": ["n<1K" if summary.num_examples < 1000 else "1K<n<10K"],
         "pretty_name": "Synthetic keyword-biasing test set",
-        "configs": [{"config_name": "default", "data_files": [{"split": split, "path": f"data/{split}-*"}]}],
-        "dataset_info": {
-            "features": _features(schema)._to_yaml_list(),
-            "splits": [{"name": split, "num_bytes": size, "num_examples": summary.num_examples}],
-            "download_size": size,
-            "dataset_size": size,
-        },
     }
     n_bias = Counter(len(s.bias_words) for s in sentences)
     lines = [
-        "---",
-        yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, width=1000).rstrip(),
-        "---",
         "",
         "# Synthetic keyword-biasing test set",
         "",
@@ -340,6 +328,5 @@ def _write_card(
         ]
     if command:
         lines += ["## Reproduce", "", "```bash", command, "```", ""]
-    path = out / "README.md"
-    path.write_text("\n".join(lines), encoding="utf-8")
-    return path
+    body = lines[:-1]  # every block above ends with a blank line; write_readme adds the final newline
+    return write_readme(out, meta, {split: (size, summary.num_examples)}, _features(schema), body)

@@ -38,17 +38,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, runtime_checkable
 
-LANGUAGE_NAMES = {
-    "en": "English",
-    "fr": "French",
-    "de": "German",
-    "es": "Spanish",
-    "pt": "Portuguese",
-    "ja": "Japanese",
-    "it": "Italian",
-    "zh": "Chinese",
-}
-"""Language names used in prompts (``{source_language}``, ``{target_language}``)."""
+from granite_train.text.languages import language_name
 
 SUPPORTED_PAIRS: frozenset[tuple[str, str]] = frozenset(
     {("en", t) for t in ("fr", "de", "es", "pt", "ja", "it", "zh")}
@@ -62,7 +52,8 @@ DEFAULT_PROMPT = (
     "Reply with the translation only, without quotes, notes or explanations.\n\n{text}"
 )
 """User message for chat backends. Placeholders: ``{text}``, ``{source_language}``,
-``{target_language}`` (names), ``{src}``, ``{tgt}`` (codes); write literal braces as ``{{ }}``."""
+``{target_language}`` (names, from ``granite_train.text.languages``), ``{src}``, ``{tgt}`` (codes);
+write literal braces as ``{{ }}``."""
 
 
 class TranslationError(RuntimeError):
@@ -92,8 +83,8 @@ def format_prompt(template: str, text: str, source: str, target: str) -> str:
         text=text,
         src=source,
         tgt=target,
-        source_language=LANGUAGE_NAMES.get(source, source),
-        target_language=LANGUAGE_NAMES.get(target, target),
+        source_language=language_name(source),
+        target_language=language_name(target),
     )
 
 

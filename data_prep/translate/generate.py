@@ -40,17 +40,30 @@ import json
 import os
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from data_prep.shards import STATE_DIR, remove_stale_shards
+from data_prep.shards import (
+    Shard,
+    by_split,
+    chunked,
+    fingerprint,
+    finished_states,
+    reason_counts,
+    remove_stale_shards,
+    size_category,
+    split_bytes,
+    write_readme,
+    write_rejects,
+)
 from data_prep.translate.agreement import AgreementConfig, agreement, is_empty
 from data_prep.translate.backends import MTBackend, TranslationError, check_pair
-from data_prep.tts.generate import _write_atomic, normalize_sentence
+from data_prep.tts.generate import normalize_sentence
 from granite_train.data.sources import SourceReader, SourceSpec
+from granite_train.text.languages import language_name
 from granite_train.text.normalize import get_normalizer
 
 TASK = "ast"
@@ -265,36 +278,15 @@ def _translate_all(backend: MTBackend, texts: list[str], source: str, target: st
     return list(out)
 
 
-class _Shard:
-    def __init__(self, out: Path, split: str, index: int) -> None:
-        self.split = split
-        self.index = index
-        self.name = f"{split}-{index:05d}"
-        self.parquet_path = out / "data" / f"{self.name}.parquet"
-        self.state_path = out / STATE_DIR / f"{self.name}.json"
-
-    def done(self, fingerprint: str) -> dict | None:
-        """The saved state of a finished shard with the same fingerprint, else None."""
-        if not (self.parquet_path.is_file() and self.state_path.is_file()):
-            return None
-        try:
-            state = json.loads(self.state_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
-        return state if state.get("fingerprint") == fingerprint else None
-
-
 def _run_shard(
-    shard: _Shard,
+    shard: Shard,
     pairs: list[dict],
-    fingerprint: str,
     settings: _Settings,
     pool: ThreadPoolExecutor | None,
     on_batch,
 ) -> dict:
     """Translate, filter and write one shard; returns its state (also saved next to the data)."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     norm = get_normalizer(settings.agreement.normalizer)
     rejected: list[dict] = []
@@ -422,30 +414,22 @@ def _run_shard(
             per_pair[key] = {
                 "pairs": n,
                 "kept": sum(r["target_language"] == target for r in rows),
-                "rejects": dict(
-                    sorted(Counter(r["reason"] for r in rejected if r["target_language"] == target).items())
-                ),
+                "rejects": reason_counts(r for r in rejected if r["target_language"] == target),
             }
     order = {p["id"]: i for i, p in enumerate(pairs)}
     rejected.sort(key=lambda r: order[r["id"]])  # stream order
-    state = {
-        "format_version": FORMAT_VERSION,
-        "fingerprint": fingerprint,
-        "split": shard.split,
-        "index": shard.index,
-        "num_records": len({p["meta"]["source_id"] for p in pairs}),
-        "num_pairs": len(pairs),
-        "num_kept": len(rows),
-        "num_transcription_format": share_count,
-        "per_pair": per_pair,
-        "rejects": dict(sorted(Counter(r["reason"] for r in rejected).items())),
-        "rejected": rejected,
-        "settings": settings.describe(),
-    }
-    table = pa.Table.from_pylist(rows, schema=features().arrow_schema)
-    # State first, data last: the parquet file appearing is the commit point of the shard.
-    _write_atomic(shard.state_path, lambda p: p.write_text(json.dumps(state, ensure_ascii=False, indent=1)))
-    _write_atomic(shard.parquet_path, lambda p: pq.write_table(table, p, row_group_size=100))
+    state = shard.new_state(
+        FORMAT_VERSION,
+        num_records=len({p["meta"]["source_id"] for p in pairs}),
+        num_pairs=len(pairs),
+        num_kept=len(rows),
+        num_transcription_format=share_count,
+        per_pair=per_pair,
+        rejects=reason_counts(rejected),
+        rejected=rejected,
+        settings=settings.describe(),
+    )
+    shard.write(state, pa.Table.from_pylist(rows, schema=features().arrow_schema))
     return state
 
 
@@ -467,17 +451,6 @@ def _records(spec: SourceSpec, max_records: int | None) -> Iterable[dict]:
             return
         n += 1
         yield record
-
-
-def _shard_chunks(records: Iterable[dict], size: int) -> Iterable[list[dict]]:
-    chunk: list[dict] = []
-    for r in records:
-        chunk.append(r)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
 
 
 def generate_translations(
@@ -595,8 +568,7 @@ def generate_translations(
 
     pool = ThreadPoolExecutor(2, thread_name_prefix="ast-backend") if parallel_backends else None
     try:
-        for index, chunk in enumerate(_shard_chunks(_records(spec, max_records), shard_size)):
-            shard = _Shard(out, split, index)
+        for index, chunk in enumerate(chunked(_records(spec, max_records), shard_size)):
             pairs: list[dict] = []
             items = []
             for record in chunk:
@@ -617,14 +589,14 @@ def generate_translations(
                     pairs.append(
                         {"id": pid, "source_text": text, "target_language": tgt, "audio": audio, "meta": meta}
                     )
-            key = json.dumps([FORMAT_VERSION, settings_json, split, index, items], ensure_ascii=False)
-            fingerprint = hashlib.sha1(key.encode("utf-8")).hexdigest()
-            state = shard.done(fingerprint)
+            key = [FORMAT_VERSION, settings_json, split, index, items]
+            shard = Shard(out, split, index, fingerprint(key))
+            state = shard.done()
             if state is not None:
                 skipped += 1
                 bar.update(len(pairs))
             else:
-                state = _run_shard(shard, pairs, fingerprint, settings, pool, on_batch)
+                state = _run_shard(shard, pairs, settings, pool, on_batch)
                 written += 1
             state.pop("rejected")  # on disk; kept out of memory over long runs
             states.append(state)
@@ -681,35 +653,22 @@ def _summarise(out: Path, split: str, states: list[dict]) -> TranslationSummary:
 
 
 def _load_states(out: Path) -> dict[str, list[dict]]:
-    """split -> states of its finished shards (parquet present), in shard order, without their
-    ``rejected`` lists (read back one file at a time by ``_write_rejects``)."""
-    by_split: dict[str, list[dict]] = {}
-    folder = out / STATE_DIR
-    for p in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        if not (out / "data" / f"{p.stem}.parquet").is_file():
-            continue
-        try:
-            st = json.loads(p.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if st.get("format_version") == FORMAT_VERSION:
-            st.pop("rejected", None)
-            st["_path"] = str(p)
-            by_split.setdefault(st["split"], []).append(st)
-    for states in by_split.values():
-        states.sort(key=lambda s: s["index"])
-    return dict(sorted(by_split.items(), key=lambda kv: (kv[0] != "train", kv[0])))
+    """split -> states of its finished shards, in shard order, without their ``rejected`` lists
+    (read back one file at a time by ``_write_rejects``: they can be large)."""
+    states = finished_states(out, drop=("rejected",))
+    return by_split(st for st in states if st.get("format_version") == FORMAT_VERSION)
 
 
 def _write_rejects(out: Path, states: dict[str, list[dict]]) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "rejects.jsonl", "w", encoding="utf-8") as f:
+    """rejects.jsonl: every shard's ``rejected`` list, read back from its state file one at a time."""
+
+    def per_shard() -> Iterator[tuple[str, list[dict]]]:
         for split_states in states.values():
-            for st in split_states:  # one state file in memory at a time
-                rejected = json.loads(Path(st["_path"]).read_text(encoding="utf-8"))["rejected"]
-                for rec in rejected:
-                    line = {"shard": f"{st['split']}-{st['index']:05d}", **rec}
-                    f.write(json.dumps(line, ensure_ascii=False) + "\n")
+            for st in split_states:
+                shard = Shard(out, st["split"], st["index"])
+                yield shard.name, json.loads(shard.state_path.read_text(encoding="utf-8"))["rejected"]
+
+    write_rejects(out / "rejects.jsonl", per_shard())
 
 
 # ------------------------------------------------------------------------------------------ card
@@ -723,14 +682,7 @@ def _write_card(
     out: Path, states: dict[str, list[dict]], *, spec: SourceSpec, license: str, command: str | None
 ) -> Path:
     """README.md with Hugging Face YAML metadata; no timings, so identical inputs give identical cards."""
-
-    from data_prep.tts.card import LANGUAGE_NAMES, front_matter, size_category, with_hub_layout
-
     summaries = {split: _summarise(out, split, sts) for split, sts in states.items()}
-    split_bytes = {
-        split: sum((out / "data" / f"{split}-{st['index']:05d}.parquet").stat().st_size for st in sts)
-        for split, sts in states.items()
-    }
     total_pairs = sum(s.num_pairs for s in summaries.values())
     total_kept = sum(s.num_kept for s in summaries.values())
     settings_by_split = {split: sts[0]["settings"] for split, sts in states.items()}
@@ -746,9 +698,7 @@ def _write_card(
         "size_categories": [size_category(total_kept)],
         "pretty_name": "Speech translation targets (" + ", ".join(sorted(_pairs(summaries))) + ")",
     }
-    meta = with_hub_layout(meta, {s: (split_bytes[s], summaries[s].num_kept) for s in states}, features())
     lines = [
-        *front_matter(meta),
         "",
         "# Speech-translation (AST) targets",
         "",
@@ -784,7 +734,7 @@ def _write_card(
     lines.append(f"- {src}")
     for split, summ in summaries.items():
         st = settings_by_split[split]
-        name = LANGUAGE_NAMES.get(st["source_language"], st["source_language"])
+        name = language_name(st["source_language"])
         lines.append(f"- split `{split}`: {summ.num_records} records of {name} speech")
     lines += ["", "## Filter and targets", ""]
     distinct = {json.dumps(s, sort_keys=True) for s in settings_by_split.values()}
@@ -829,9 +779,8 @@ def _write_card(
     lines.append(
         "Same inputs, settings and backend outputs give identical shards; a rerun skips finished shards."
     )
-    path = out / "README.md"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+    sizes = split_bytes(out, (st for sts in states.values() for st in sts))
+    return write_readme(out, meta, {s: (sizes[s], summaries[s].num_kept) for s in states}, features(), lines)
 
 
 def _pairs(summaries: dict[str, TranslationSummary]) -> set[str]:

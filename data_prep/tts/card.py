@@ -9,63 +9,13 @@ so the card, like the shards, is identical for identical inputs.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import yaml
-
-if TYPE_CHECKING:
-    from data_prep.tts.generate import CorpusSummary
-
-LANGUAGE_NAMES = {
-    "en": "English",
-    "fr": "French",
-    "de": "German",
-    "es": "Spanish",
-    "pt": "Portuguese",
-    "it": "Italian",
-    "ja": "Japanese",
-    "zh": "Chinese (Mandarin)",
-    "hi": "Hindi",
-}
-
-
-def with_hub_layout(meta: dict[str, Any], splits: dict[str, tuple[int, int]], features: Any) -> dict[str, Any]:
-    """``meta`` plus the Hugging Face ``configs`` / ``dataset_info`` entries of a generated dataset.
-
-    Every generator writes ``data/<split>-XXXXX.parquet``; ``splits`` maps a split to
-    ``(bytes, examples)`` and ``features`` is the ``datasets.Features`` of the shards.
-    """
-    total_bytes = sum(b for b, _ in splits.values())
-    return {
-        **meta,
-        "configs": [
-            {"config_name": "default", "data_files": [{"split": s, "path": f"data/{s}-*"} for s in splits]}
-        ],
-        "dataset_info": {
-            "features": features._to_yaml_list(),
-            "splits": [{"name": s, "num_bytes": b, "num_examples": n} for s, (b, n) in splits.items()],
-            "download_size": total_bytes,
-            "dataset_size": total_bytes,
-        },
-    }
-
-
-def front_matter(meta: dict[str, Any]) -> list[str]:
-    """The YAML header lines of a dataset card."""
-    return ["---", yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, width=1000).rstrip(), "---"]
-
-
-def size_category(n: int) -> str:
-    for limit, name in (
-        (1_000, "n<1K"),
-        (10_000, "1K<n<10K"),
-        (100_000, "10K<n<100K"),
-        (1_000_000, "100K<n<1M"),
-    ):
-        if n < limit:
-            return name
-    return "1M<n<10M" if n < 10_000_000 else "n>10M"
+from data_prep.shards import size_category, write_readme
+from data_prep.tts.corpus import CorpusSummary, features
+from granite_train.text.languages import language_name
 
 
 def _hours(seconds: float) -> str:
@@ -77,7 +27,7 @@ def write_dataset_card(
     *,
     summary: CorpusSummary,
     seconds_per_language: dict[str, dict[str, float]],
-    shard_sizes: dict[str, tuple[str, int]],
+    split_bytes: dict[str, int],
     backend_info: dict[str, Any],
     sources: dict[str, str],
     seed: int,
@@ -86,14 +36,14 @@ def write_dataset_card(
     max_sentences_per_language: int | None,
     license: str,
     command: str | None,
+    extra_columns: Mapping[str, str] | None = None,
 ) -> Path:
-    from data_prep.tts.generate import _features
-
+    """``split_bytes``: parquet bytes per split; ``extra_columns``: column -> dtype of the
+    ``generate_corpus`` hook, declared after the built-in columns."""
     splits = list(summary.num_examples)
     languages = sorted(
         {lang for per in summary.num_examples_per_language.values() for lang in per} | set(sources)
     )
-    split_bytes = {s: sum(size for split, size in shard_sizes.values() if split == s) for s in splits}
     backend_name = backend_info.get("name", "tts")
     meta: dict[str, Any] = {
         "license": license,
@@ -103,9 +53,8 @@ def write_dataset_card(
         "size_categories": [size_category(summary.total_examples)],
         "pretty_name": f"Synthetic {backend_name} speech ({', '.join(languages)})",
     }
-    meta = with_hub_layout(meta, {s: (split_bytes[s], summary.num_examples[s]) for s in splits}, _features())
+    extra_names = "" if extra_columns is None else ", " + ", ".join(f"`{name}`" for name in extra_columns)
     lines = [
-        *front_matter(meta),
         "",
         f"# Synthetic speech corpus ({backend_name})",
         "",
@@ -117,7 +66,8 @@ def write_dataset_card(
         "",
         f"- Examples: {summary.total_examples} ({', '.join(f'{s}: {n}' for s, n in summary.num_examples.items())})",
         f"- Audio: {_hours(summary.audio_seconds)} h, 16 kHz mono, 16-bit FLAC inside parquet",
-        "- Columns: `id`, `audio` (`Audio(sampling_rate=16000)`), `text`, `language`, `voice`, `duration` (s)",
+        "- Columns: `id`, `audio` (`Audio(sampling_rate=16000)`), `text`, `language`, `voice`, `duration` (s)"
+        + extra_names,
         "",
         "| split | language | examples | hours |",
         "|---|---|---:|---:|",
@@ -127,7 +77,7 @@ def write_dataset_card(
             lines.append(f"| {s} | {lang} | {n} | {_hours(seconds_per_language[s][lang])} |")
     lines += ["", "## Source texts", ""]
     for lang in sorted(sources):
-        lines.append(f"- `{lang}` ({LANGUAGE_NAMES.get(lang, lang)}): {sources[lang]}")
+        lines.append(f"- `{lang}` ({language_name(lang)}): {sources[lang]}")
     lines += [
         "",
         f"Sentences were deduplicated per language; the train/test split is by SHA-1 of the sentence "
@@ -167,7 +117,5 @@ def write_dataset_card(
         "Same texts, seed, backend version and settings give byte-identical shards; a rerun skips "
         "finished shards."
     )
-    path = out_dir / "README.md"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
-
+    splits_info = {s: (split_bytes[s], summary.num_examples[s]) for s in splits}
+    return write_readme(out_dir, meta, splits_info, features(extra_columns), lines)

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import itertools
-import json
 import os
 import shlex
 import sys
@@ -40,79 +39,35 @@ import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
+from data_prep.shards import (
+    Rejected,
+    Shard,
+    chunked,
+    fingerprint,
+    reason_counts,
+    remove_unplanned_shards,
+    split_bytes,
+    write_rejects,
+)
 from data_prep.tts.backends import BackendUnavailableError, TTSBackend, describe_backend, get_backend
+from data_prep.tts.card import write_dataset_card
+from data_prep.tts.corpus import SAMPLING_RATE, CorpusSummary, features
 
 DEFAULT_TEXTS_DIR = Path(__file__).resolve().parents[1] / "texts"
 """Bundled sentences, ``<lang>.txt`` (written for this project; Apache-2.0 like the code)."""
-SAMPLING_RATE = 16_000
 SILENCE_PEAK = 1e-3
 """A waveform whose peak stays below this is counted as ``silent_audio``."""
-STATE_DIR = ".shards"
 FORMAT_VERSION = 1
 """Bump when the shard content format changes, so that old shards are regenerated."""
 
 
-# --------------------------------------------------------------------------------------- results
-
-
-@dataclass
-class CorpusSummary:
-    """What ``generate_corpus`` did. Counts cover the whole corpus (resumed shards included);
-    ``generated_audio_seconds`` and ``wall_seconds`` only this run."""
-
-    out_dir: Path
-    num_examples: dict[str, int]
-    """Examples per split."""
-    num_examples_per_language: dict[str, dict[str, int]]
-    """split -> language -> examples."""
-    audio_seconds: float
-    """Audio in the finished corpus."""
-    generated_audio_seconds: float
-    """Audio synthesised by this run (0 when every shard was already done)."""
-    wall_seconds: float
-    shards_written: int
-    shards_skipped: int
-    failures: dict[str, int] = field(default_factory=dict)
-    """Sentences that produced no example, per reason (``empty_audio``, ``backend_error:...``)."""
-    filtered: dict[str, int] = field(default_factory=dict)
-    """Input lines dropped before synthesis, per reason (``duplicate``, ``too_long``)."""
-
-    @property
-    def total_examples(self) -> int:
-        return sum(self.num_examples.values())
-
-    @property
-    def hours(self) -> float:
-        return self.audio_seconds / 3600.0
-
-    @property
-    def realtime_factor(self) -> float:
-        """Audio seconds generated per wall-clock second in this run ("x real time")."""
-        return self.generated_audio_seconds / self.wall_seconds if self.wall_seconds > 0 else 0.0
-
-    def format(self) -> str:
-        splits = ", ".join(f"{k}={v}" for k, v in self.num_examples.items()) or "none"
-        lines = [
-            f"corpus: {self.out_dir}  examples: {splits}  audio: {self.hours:.3f} h",
-            f"shards: {self.shards_written} written, {self.shards_skipped} skipped (already done)",
-            f"throughput: {self.generated_audio_seconds:.1f} s audio in {self.wall_seconds:.1f} s wall"
-            f" = {self.realtime_factor:.1f}x real time ({self.generated_audio_seconds / 3600:.3f} h generated)",
-        ]
-        if self.failures:
-            lines.append(
-                "failed sentences: " + ", ".join(f"{k}={v}" for k, v in sorted(self.failures.items()))
-            )
-        if self.filtered:
-            lines.append(
-                "filtered input lines: " + ", ".join(f"{k}={v}" for k, v in sorted(self.filtered.items()))
-            )
-        return "\n".join(lines)
+# ---------------------------------------------------------------------------------------- hooks
 
 
 class ExtraColumns(Protocol):
@@ -245,47 +200,15 @@ def _collect(
 # ------------------------------------------------------------------------------------ shard work
 
 
-def _features(extra: Mapping[str, str] | None = None):
-    """Output features; ``extra`` (column -> Value dtype) are appended after ``duration``."""
-    from datasets import Audio, Features, Value
-
-    columns = {
-        "id": Value("string"),
-        "audio": Audio(sampling_rate=SAMPLING_RATE),
-        "text": Value("string"),
-        "language": Value("string"),
-        "voice": Value("string"),
-        "duration": Value("float32"),
-    }
-    for name, dtype in (extra or {}).items():
-        if name in columns:
-            raise ValueError(f"extra column {name!r} clashes with a built-in column")
-        columns[name] = Value(dtype)
-    return Features(columns)
-
-
 @dataclass(frozen=True)
 class _ShardTask:
-    split: str
-    index: int
+    """One shard's work, sent to a worker process (so everything in it is picklable)."""
+
+    shard: Shard
     items: tuple[tuple[str, str], ...]
     seed: int
     backend: Any
-    out_dir: str
-    fingerprint: str
     extra_columns: ExtraColumns | None = None
-
-    @property
-    def name(self) -> str:
-        return f"{self.split}-{self.index:05d}"
-
-    @property
-    def parquet_path(self) -> Path:
-        return Path(self.out_dir) / "data" / f"{self.name}.parquet"
-
-    @property
-    def state_path(self) -> Path:
-        return Path(self.out_dir) / STATE_DIR / f"{self.name}.json"
 
 
 def _shard_rng(seed: int, split: str, index: int) -> np.random.Generator:
@@ -297,7 +220,7 @@ def _example_id(language: str, text: str, voice_tag: str) -> str:
     return f"{language}-{hashlib.sha1(f'{text}|{voice_tag}'.encode()).hexdigest()[:12]}"
 
 
-def _to_flac_16k(wave: np.ndarray, sample_rate: int) -> tuple[bytes, int]:
+def to_flac_16k(wave: np.ndarray, sample_rate: int) -> tuple[bytes, int]:
     """Mono float waveform at any rate -> (16-bit FLAC bytes at 16 kHz, number of samples)."""
     import torch
 
@@ -312,62 +235,32 @@ def _to_flac_16k(wave: np.ndarray, sample_rate: int) -> tuple[bytes, int]:
 
 
 def _synthesize_one(backend: Any, language: str, text: str, voice) -> tuple[np.ndarray, int]:
-    """Backend call + validation; raises ``_Failed(reason, detail)`` for a sentence-level failure."""
+    """Backend call + validation; raises ``Rejected(reason, detail)`` for a sentence-level failure."""
     try:
         wave, sr = backend.synthesize(text, language, voice)
     except BackendUnavailableError:
         raise
     except Exception as e:  # noqa: BLE001 - any per-sentence error is counted, not fatal
-        raise _Failed(f"backend_error:{type(e).__name__}", str(e)[:500]) from e
+        raise Rejected(f"backend_error:{type(e).__name__}", str(e)[:500]) from e
     wave = np.asarray(wave, dtype=np.float32)
     if wave.ndim == 2:  # tolerate (C, N) / (N, C) from third-party backends
         wave = wave.mean(axis=0 if wave.shape[0] < wave.shape[1] else 1)
     if wave.ndim != 1 or wave.size == 0:
-        raise _Failed("empty_audio", f"shape {wave.shape}")
+        raise Rejected("empty_audio", f"shape {wave.shape}")
     if not np.isfinite(wave).all():
-        raise _Failed("nonfinite_audio", "NaN or inf samples")
+        raise Rejected("nonfinite_audio", "NaN or inf samples")
     if float(np.abs(wave).max()) < SILENCE_PEAK:
-        raise _Failed("silent_audio", f"peak {float(np.abs(wave).max()):.2e}")
+        raise Rejected("silent_audio", f"peak {float(np.abs(wave).max()):.2e}")
     if not isinstance(sr, int | np.integer) or sr <= 0:
-        raise _Failed("bad_sample_rate", repr(sr))
+        raise Rejected("bad_sample_rate", repr(sr))
     return wave, int(sr)
-
-
-class _Failed(Exception):
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(reason, detail)
-        self.reason = reason
-        self.detail = detail
-
-
-def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _shard_done(task: _ShardTask) -> dict | None:
-    """The saved state of a finished shard with the same fingerprint, else None."""
-    if not (task.parquet_path.is_file() and task.state_path.is_file()):
-        return None
-    try:
-        state = json.loads(task.state_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return state if state.get("fingerprint") == task.fingerprint else None
 
 
 def _run_shard(task: _ShardTask, on_sentence: Callable[[float], None] | None = None) -> dict:
     """Synthesise one shard and write it; returns its state dict (also saved next to the data)."""
-    import pyarrow.parquet as pq
-
     t0 = time.perf_counter()
-    rng = _shard_rng(task.seed, task.split, task.index)
+    shard = task.shard
+    rng = _shard_rng(task.seed, shard.split, shard.index)
     rows: list[dict] = []
     failed: list[dict] = []
     per_language: dict[str, list[float]] = {}
@@ -377,10 +270,10 @@ def _run_shard(task: _ShardTask, on_sentence: Callable[[float], None] | None = N
         try:
             extra = _extra_values(task.extra_columns, language, text)
             wave, sr = _synthesize_one(task.backend, language, text, voice)
-            flac, n = _to_flac_16k(wave, sr)
+            flac, n = to_flac_16k(wave, sr)
             if n == 0:
-                raise _Failed("empty_audio", "0 samples after resampling")
-        except _Failed as f:
+                raise Rejected("empty_audio", "0 samples after resampling")
+        except Rejected as f:
             failed.append(
                 {
                     "language": language,
@@ -413,22 +306,17 @@ def _run_shard(task: _ShardTask, on_sentence: Callable[[float], None] | None = N
     import pyarrow as pa
 
     extra_features = task.extra_columns.features if task.extra_columns is not None else None
-    table = pa.Table.from_pylist(rows, schema=_features(extra_features).arrow_schema)
-    state = {
-        "format_version": FORMAT_VERSION,
-        "fingerprint": task.fingerprint,
-        "split": task.split,
-        "index": task.index,
-        "num_sentences": len(task.items),
-        "num_examples": len(rows),
-        "audio_seconds": sum(r["duration"] for r in rows),
-        "per_language": {k: {"examples": v[0], "seconds": v[1]} for k, v in sorted(per_language.items())},
-        "failures": dict(sorted(Counter(f["reason"] for f in failed).items())),
-        "failed": failed,
-    }
-    # State first, data last: the parquet file appearing is the commit point of the shard.
-    _write_atomic(task.state_path, lambda p: p.write_text(json.dumps(state, ensure_ascii=False, indent=1)))
-    _write_atomic(task.parquet_path, lambda p: pq.write_table(table, p, row_group_size=100))
+    table = pa.Table.from_pylist(rows, schema=features(extra_features).arrow_schema)
+    state = shard.new_state(
+        FORMAT_VERSION,
+        num_sentences=len(task.items),
+        num_examples=len(rows),
+        audio_seconds=sum(r["duration"] for r in rows),
+        per_language={k: {"examples": v[0], "seconds": v[1]} for k, v in sorted(per_language.items())},
+        failures=reason_counts(failed),
+        failed=failed,
+    )
+    shard.write(state, table)
     state["wall_seconds"] = time.perf_counter() - t0
     return state
 
@@ -439,24 +327,10 @@ def _extra_values(extra: ExtraColumns | None, language: str, text: str) -> dict[
     try:
         values = dict(extra(language, text))
     except Exception as e:  # noqa: BLE001 - a per-sentence error is counted, not fatal
-        raise _Failed(f"extra_columns_error:{type(e).__name__}", str(e)[:500]) from e
+        raise Rejected(f"extra_columns_error:{type(e).__name__}", str(e)[:500]) from e
     if set(values) != set(extra.features):
         raise ValueError(f"extra_columns returned {sorted(values)}, declared {sorted(extra.features)}")
     return values
-
-
-def _add_card_columns(path: Path, extra: Mapping[str, str]) -> None:
-    """Declare the extra columns in a dataset card written by ``card.write_dataset_card``."""
-    import yaml
-
-    text = path.read_text(encoding="utf-8")
-    _, header, body = text.split("---\n", 2)
-    meta = yaml.safe_load(header)
-    meta["dataset_info"]["features"] = _features(extra)._to_yaml_list()
-    header = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, width=1000)
-    names = ", ".join(f"`{name}`" for name in extra)
-    body = body.replace("`duration` (s)\n", f"`duration` (s), {names}\n", 1)
-    path.write_text(f"---\n{header}---\n{body}", encoding="utf-8")
 
 
 def _worker_init() -> None:
@@ -518,7 +392,7 @@ def generate_corpus(
             f"backend {backend.name!r} cannot speak {unsupported}; it knows {list(backend.languages)}"
         )
     if extra_columns is not None:
-        _features(extra_columns.features)  # fail early on a clash with a built-in column
+        features(extra_columns.features)  # fail early on a clash with a built-in column
     out = Path(out_dir)
     sources = dict(sources or {})
     iterables: dict[str, Iterable[str]] = {}
@@ -542,43 +416,31 @@ def generate_corpus(
     extra_info = _describe_extra(extra_columns)
     tasks: list[_ShardTask] = []
     for split, split_items in items.items():
-        for index, start in enumerate(range(0, len(split_items), shard_size)):
-            chunk = tuple(split_items[start : start + shard_size])
+        for index, chunk in enumerate(map(tuple, chunked(split_items, shard_size))):
             parts = [FORMAT_VERSION, seed, split, index, SAMPLING_RATE, backend_info, chunk]
             if extra_info is not None:  # without the hook, fingerprints are those of older versions
                 parts.append(extra_info)
-            key = json.dumps(parts, ensure_ascii=False)
-            tasks.append(
-                _ShardTask(
-                    split,
-                    index,
-                    chunk,
-                    seed,
-                    backend,
-                    str(out),
-                    hashlib.sha1(key.encode()).hexdigest(),
-                    extra_columns,
-                )
-            )
-    _remove_stale_shards(out, {t.name for t in tasks})
+            shard = Shard(out, split, index, fingerprint(parts))
+            tasks.append(_ShardTask(shard, chunk, seed, backend, extra_columns))
+    remove_unplanned_shards(out, {t.shard.name for t in tasks})
 
     states: dict[str, dict] = {}
     pending: list[_ShardTask] = []
     for task in tasks:
-        state = _shard_done(task)
+        state = task.shard.done()
         if state is not None:
-            states[task.name] = state
+            states[task.shard.name] = state
         else:
             pending.append(task)
     skipped = len(tasks) - len(pending)
 
     if num_workers is None:
-        num_workers = getattr(backend, "default_num_workers", None) or _available_cores()
+        num_workers = getattr(backend, "default_num_workers", None) or available_cores()
     num_workers = max(1, min(num_workers, len(pending)))
     generated = _run_pending(pending, num_workers, progress)
     states.update(generated)
 
-    ordered = [states[t.name] for t in tasks]
+    ordered = [states[t.shard.name] for t in tasks]
     num_examples: dict[str, int] = {}
     per_language: dict[str, dict[str, int]] = {}
     seconds_per_language: dict[str, dict[str, float]] = {}
@@ -603,21 +465,12 @@ def generate_corpus(
         failures=dict(sorted(failures.items())),
         filtered=dict(sorted(filtered.items())),
     )
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "failures.jsonl", "w", encoding="utf-8") as f:
-        for st in ordered:
-            for rec in st["failed"]:
-                f.write(
-                    json.dumps({"shard": f"{st['split']}-{st['index']:05d}", **rec}, ensure_ascii=False)
-                    + "\n"
-                )
-    from data_prep.tts.card import write_dataset_card
-
+    write_rejects(out / "failures.jsonl", ((t.shard.name, st["failed"]) for t, st in zip(tasks, ordered)))
     write_dataset_card(
         out,
         summary=summary,
         seconds_per_language=seconds_per_language,
-        shard_sizes={t.name: (t.split, t.parquet_path.stat().st_size) for t in tasks},
+        split_bytes=split_bytes(out, ordered),
         backend_info=backend_info,
         sources=sources,
         seed=seed,
@@ -626,33 +479,20 @@ def generate_corpus(
         max_sentences_per_language=max_sentences_per_language,
         license=license,
         command=command,
+        extra_columns=extra_columns.features if extra_columns is not None else None,
     )
-    if extra_columns is not None:
-        _add_card_columns(out / "README.md", extra_columns.features)
     summary.wall_seconds = time.perf_counter() - t0
     if progress:
         print(summary.format(), flush=True)
     return summary
 
 
-def _available_cores() -> int:
+def available_cores() -> int:
+    """CPU cores this process may run on: the default number of worker processes."""
     try:
         return len(os.sched_getaffinity(0))  # respects taskset / cgroup CPU pinning
     except AttributeError:  # macOS, Windows
         return os.cpu_count() or 1
-
-
-def _remove_stale_shards(out: Path, planned: set[str]) -> None:
-    """Delete shards of a previous, larger plan: they would be picked up by ``data/<split>-*``."""
-    for sub, suffix in (("data", ".parquet"), (STATE_DIR, ".json")):
-        folder = out / sub
-        if not folder.is_dir():
-            continue
-        for p in folder.iterdir():
-            stale_tmp = p.name.startswith(".") and ".tmp-" in p.name
-            if stale_tmp or (p.suffix == suffix and p.name[: -len(suffix)] not in planned):
-                print(f"removing stale {p}", file=sys.stderr)
-                p.unlink()
 
 
 def _run_pending(pending: list[_ShardTask], num_workers: int, progress: bool) -> dict[str, dict]:
@@ -682,7 +522,7 @@ def _run_pending(pending: list[_ShardTask], num_workers: int, progress: bool) ->
             torch.set_num_threads(1)  # same arithmetic as in the worker processes
             try:
                 for task in pending:
-                    results[task.name] = _run_shard(task, on_sentence=lambda s: advance(1, s))
+                    results[task.shard.name] = _run_shard(task, on_sentence=lambda s: advance(1, s))
             finally:
                 torch.set_num_threads(threads)
         else:
@@ -701,7 +541,7 @@ def _run_pending(pending: list[_ShardTask], num_workers: int, progress: bool) ->
                         for fut in done:
                             state = fut.result()  # re-raises BackendUnavailableError & co
                             task = futures[fut]
-                            results[task.name] = state
+                            results[task.shard.name] = state
                             advance(len(task.items), state["audio_seconds"])
                 except BaseException:
                     for fut in futures:

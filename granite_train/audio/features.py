@@ -42,6 +42,7 @@ class LogMelFeatures(nn.Module):
     DYNAMIC_RANGE = 8.0  # log10 units kept below the utterance max (80 dB)
     MIN_SAMPLES = N_FFT // 2 + 1
     FEATURE_DIM = STACK * N_MELS
+    FRAME_RATE = SAMPLE_RATE // (HOP_LENGTH * STACK)  # 50 stacked frames per second
 
     def __init__(self, padding_value: float = 0.0) -> None:
         """Args:

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from granite_train.audio.features import LogMelFeatures
 from granite_train.data.bucketing import DurationBucketer, geometric_bounds, quantile_bounds
 from granite_train.data.collate import Collator, ExampleBatch
 from granite_train.data.mixture import MixtureSampler, mixture_probabilities
@@ -39,7 +40,7 @@ from granite_train.text.targets import CTCTargetBuilder
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
-FRAME_RATE = 50  # encoder frames per second (10 ms hop, pairs stacked)
+FRAME_RATE = LogMelFeatures.FRAME_RATE  # encoder frames per second (10 ms hop, pairs stacked)
 
 
 @dataclass
@@ -200,9 +201,15 @@ class _SlotState:
 
     def _emit(self, examples: list[Example]) -> ExampleBatch:
         self.batches += 1
+        return self.tally(examples)
+
+    def tally(self, examples: list[Example] | None = None) -> ExampleBatch:
+        """``examples`` as a batch carrying the skips and draws counted since the last one."""
         skips, drawn = self.preparer.counts, self.mixture.drawn
         out = ExampleBatch(
-            examples, _counter_delta(skips, self._reported_skips), _counter_delta(drawn, self._reported_drawn)
+            examples or [],
+            _counter_delta(skips, self._reported_skips),
+            _counter_delta(drawn, self._reported_drawn),
         )
         self._reported_skips, self._reported_drawn = Counter(skips), Counter(drawn)
         return out
@@ -271,9 +278,13 @@ class SpeechDataPipeline(IterableDataset):
         targets: CTCTargetBuilder | None = None,
         rank: int | None = None,
         world_size: int | None = None,
+        final_tally: bool = False,
     ):
         super().__init__()
         self.config = config
+        # a finite pass (evaluation) ends with one batch without examples that carries the skips
+        # counted after the last real batch, so nothing skipped goes unreported
+        self.final_tally = final_tally
         if targets is None:
             from granite_train.text.japanese import KatakanaConverter
             from granite_train.text.vocab import CharVocab
@@ -311,6 +322,8 @@ class SpeechDataPipeline(IterableDataset):
             state.load_state_dict(pending)
         self._state = state
         yield from state.batches_iter()
+        if self.final_tally:
+            yield state.tally()
 
     def state_dict(self) -> dict[str, Any]:
         if self._state is None:

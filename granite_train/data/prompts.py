@@ -25,44 +25,16 @@ import torch
 
 from granite_train.data.collate import Batch, Collator, ExampleBatch
 from granite_train.data.prepare import Example
-from granite_train.models.speech_llm import AUDIO_TOKEN, IGNORE_INDEX, audio_token_count
+from granite_train.speech_format import (
+    ASR_INSTRUCTIONS,
+    AST_INSTRUCTIONS,
+    AUDIO_TOKEN,
+    IGNORE_INDEX,
+    TASKS,
+    audio_token_count,
+    language_name,
+)
 
-# The first variant is the one the published model card uses; the others vary the wording.
-ASR_INSTRUCTIONS = [
-    "can you transcribe the speech into a written format?",
-    "transcribe the speech to text.",
-    "please transcribe the following audio to text.",
-    "write down what is said in this audio.",
-    "what is being said in this recording?",
-    "convert the spoken words into text.",
-    "give me a transcript of the audio.",
-    "listen to the audio and write out the words.",
-    "produce a verbatim transcription of the speech.",
-    "type out exactly what the speaker says.",
-    "could you write out what you hear?",
-    "turn this speech into written text.",
-]
-AST_INSTRUCTIONS = [
-    "translate the speech to {language}.",
-    "can you translate the speech into {language}?",
-    "listen to the audio and translate it to {language}.",
-    "what is the {language} translation of this speech?",
-    "render the spoken words in {language}.",
-    "translate what is said into {language}.",
-    "give me the {language} translation of the audio.",
-    "please translate this recording into {language}.",
-]
-LANGUAGE_NAMES = {
-    "en": "English",
-    "de": "German",
-    "fr": "French",
-    "es": "Spanish",
-    "pt": "Portuguese",
-    "it": "Italian",
-    "ja": "Japanese",
-    "zh": "Chinese",
-}
-TASKS = ("asr", "ast")
 _PUNCT = re.compile(r"[^\w\s']")
 
 
@@ -162,7 +134,7 @@ class PromptBuilder:
             target = record.get("target_language")
             if not target:
                 raise ValueError(f"{key}: task ast needs a target_language")
-            language = LANGUAGE_NAMES.get(target, target)
+            language = language_name(target)
             text = self._pick(self.config.ast_instructions, key).format(language=language)
         else:
             raise ValueError(f"{key}: unknown task {task!r}; known: {TASKS}")

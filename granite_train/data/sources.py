@@ -107,7 +107,7 @@ def _local_files(path: str, pattern: str) -> list[str]:
     return files
 
 
-def _split_files(path: str, split: str) -> list[str]:
+def split_files(path: str, split: str) -> list[str]:
     """Parquet files of ``split`` under ``path``, by the Hub's naming conventions
     (``<split>-*.parquet``, ``<split>/*.parquet``, ``<split>.parquet``); all files if none match."""
     files = _local_files(path, "*.parquet")
@@ -134,7 +134,7 @@ def open_stream(spec: SourceSpec) -> datasets.IterableDataset:
             spec.path, spec.config, split=spec.split, streaming=True, revision=spec.revision
         )
     elif spec.kind == "parquet":
-        files = spec.data_files or _split_files(spec.path, spec.split)
+        files = spec.data_files or split_files(spec.path, spec.split)
         ds = datasets.load_dataset(
             "parquet", data_files={spec.split: files}, split=spec.split, streaming=True
         )

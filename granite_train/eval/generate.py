@@ -41,28 +41,27 @@ from tqdm import tqdm
 
 from granite_train.audio.features import LogMelFeatures
 from granite_train.data.collate import Collator, ExampleBatch
-from granite_train.data.pipeline import FRAME_RATE, build_dataloader
+from granite_train.data.pipeline import SpeechDataPipeline, build_dataloader
 from granite_train.data.prompts import PromptBuilder, PromptConfig, SpeechLLMCollator
 from granite_train.data.sources import SourceSpec
 from granite_train.eval.biasing import biasing_error_rates, biasing_markdown
 from granite_train.eval.metrics import NO_SPACE_LANGUAGES, error_rates
 from granite_train.eval.report import (
     EvalResult,
-    _normalizer_label,
-    _pct,
+    normalizer_label,
+    percent,
     write_hypotheses,
     write_result_files,
 )
-from granite_train.eval.run import (
+from granite_train.eval.settings import (
     SAMPLE_RATE,
     EvalDataset,
-    _autocast,
-    _pipeline_config,
-    _resolve_normalizer,
-    _TalliedPipeline,
-    resolve_device,
+    EvalSettings,
+    eval_datasets,
+    eval_pipeline_config,
+    resolve_normalizer,
 )
-from granite_train.text.normalize import NORMALIZER_NAMES, get_normalizer
+from granite_train.text.normalize import get_normalizer
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +151,7 @@ class _GenerationCollator:
 
     Adds ``target_language`` where a record has none, and sets the keyword suffix of the prompt
     (``Keywords: ...`` from ``keywords`` when the record has no ``prompt_suffix``) or removes it.
-    The final (empty) tally batches of :class:`_TalliedPipeline` pass through as they are.
+    The pipeline's final tally batches (no examples) pass through as they are.
     """
 
     def __init__(self, inner: SpeechLLMCollator, target_language: str | None, keywords_in_prompt: bool):
@@ -182,11 +181,11 @@ class _GenerationCollator:
         return batch
 
 
-def _warmup(speech, device: torch.device, dtype: str, prompts: PromptBuilder) -> None:
+def _warmup(speech, device: torch.device, settings: EvalSettings, prompts: PromptBuilder) -> None:
     samples = 2 * SAMPLE_RATE
     feats, lengths = LogMelFeatures()(torch.zeros(1, samples), torch.tensor([samples]))
     ids = torch.tensor([prompts({"id": "warmup"}, samples).prompt_ids])
-    with torch.inference_mode(), _autocast(device, dtype):
+    with torch.inference_mode(), settings.autocast(device):
         speech.generate(
             ids.to(device),
             torch.ones_like(ids).to(device),
@@ -205,15 +204,9 @@ def _decode_pass(
     name: str,
     keywords_in_prompt: bool,
     prompts: PromptBuilder,
+    settings: EvalSettings,
     device: torch.device,
-    dtype: str,
-    max_frames: int,
-    max_duration: float,
-    batch_size: int | None,
-    generate_kwargs: Mapping[str, Any],
-    num_workers: int,
     features_on_device: bool,
-    progress: bool,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """One streamed pass: rows (one per scored utterance) and the pass's counts and timing."""
     spec = dataset.source
@@ -225,21 +218,26 @@ def _decode_pass(
     batches = 0
     tokenizer = speech.tokenizer
 
-    config = _pipeline_config(spec, max_frames, max_duration)
+    config = eval_pipeline_config(spec, settings.max_frames, settings.longest_seconds)
     config = dataclasses.replace(
         config,
-        max_batch_size=batch_size,
+        max_batch_size=settings.batch_size,
         prepare=dataclasses.replace(config.prepare, ctc_targets=False, check_ctc_length=False),
     )
     start = time.perf_counter()
-    pipeline = _TalliedPipeline(config, rank=0, world_size=1)
+    pipeline = SpeechDataPipeline(config, rank=0, world_size=1, final_tally=True)
     collator = _GenerationCollator(
         SpeechLLMCollator(prompts, Collator(compute_features=not features_on_device)),
         dataset.target_language,
         keywords_in_prompt,
     )
-    loader = build_dataloader(pipeline, num_workers=num_workers, collator=collator)
-    bar = tqdm(desc=f"generate {name}", unit="utt", disable=not progress, dynamic_ncols=True)
+    loader = build_dataloader(pipeline, num_workers=settings.num_workers, collator=collator)
+    bar = tqdm(desc=f"generate {name}", unit="utt", disable=not settings.progress, dynamic_ncols=True)
+    generate_kwargs = {
+        "num_beams": settings.num_beams,
+        "max_new_tokens": settings.max_new_tokens,
+        "do_sample": False,
+    }
     for batch in loader:
         for reason, n in batch.skipped.items():
             if reason == "target_truncated":  # the teacher-forcing target: irrelevant to generation
@@ -256,7 +254,7 @@ def _decode_pass(
         else:
             feats = batch.features.to(device, non_blocking=True)
             feat_lengths = batch.feature_lengths.to(device)
-        with torch.inference_mode(), _autocast(device, dtype):
+        with torch.inference_mode(), settings.autocast(device):
             out = speech.generate(
                 batch.prompt_ids.to(device),
                 batch.prompt_mask.to(device),
@@ -346,7 +344,7 @@ def _score(
             },
         )
     else:
-        norm = _resolve_normalizer(dataset.normalizer or normalizer, language)
+        norm = resolve_normalizer(dataset.normalizer or normalizer, language)
         metrics = error_rates(refs, hyps, normalizer=norm, language=language)
         result = EvalResult.from_metrics(name, metrics, audio_seconds, wall)
         if language in NO_SPACE_LANGUAGES:
@@ -362,36 +360,25 @@ def _score(
 def evaluate_speech_llm(
     speech,
     datasets: Sequence[Mapping[str, Any] | EvalDataset | SourceSpec],
+    settings: EvalSettings | Mapping[str, Any] | None = None,
     *,
-    device: str | torch.device = "cpu",
-    dtype: str = "float32",
-    max_frames: int = 20_000,
-    max_duration: float | None = None,
-    batch_size: int | None = None,
-    num_beams: int = 1,
-    max_new_tokens: int = 200,
-    normalizer: str = "auto",
-    keywords_in_prompt: bool | str = True,
-    num_workers: int = 0,
     features_on_device: bool | None = None,
-    progress: bool = True,
     hypotheses_path: str | Path | None = None,
     model_name: str | None = None,
+    **overrides: Any,
 ) -> list[EvalResult]:
     """Decode each dataset with ``speech.generate`` and score it (see the module doc).
 
     Args:
-        speech: a :class:`~granite_train.models.speech_llm.SpeechLLM` (moved to ``device``, run in
+        speech: a :class:`~granite_train.models.speech_llm.SpeechLLM` (moved to the device, run in
             eval mode; its training flag is restored afterwards).
         datasets: :class:`EvalDataset`, :class:`SourceSpec` or mappings of SourceSpec fields (``task``
             included) plus ``normalizer``, ``target_language`` and ``keywords_in_prompt``.
-        device / dtype / max_frames / max_duration / num_workers / features_on_device / progress:
-            as in :func:`granite_train.eval.run.evaluate_ctc`.
-        batch_size: at most this many utterances per batch (``None``: only ``max_frames`` limits).
-        num_beams: 1 = greedy, more = beam search.
-        max_new_tokens: generation limit per utterance.
-        normalizer: default normalizer of ASR scoring ("auto", "whisper_english", "basic", "none").
-        keywords_in_prompt: default for keyword sets: ``True``, ``False`` or ``"both"``.
+        settings: :class:`EvalSettings`: device, dtype, max_frames, max_duration, num_workers,
+            progress, and for generation num_beams, max_new_tokens, batch_size,
+            generate_normalizer (the default normalizer of ASR scoring) and keywords_in_prompt (the
+            default for keyword sets); ``overrides`` replace its fields.
+        features_on_device: as in :func:`granite_train.eval.run.evaluate_ctc`.
         hypotheses_path: write one JSON line per scored utterance and condition.
         model_name: recorded in each result's details.
 
@@ -399,30 +386,17 @@ def evaluate_speech_llm(
         One :class:`EvalResult` per dataset, or two (``name/with_keywords``,
         ``name/without_keywords``) for a keyword set decoded both ways.
     """
-    device = resolve_device(device)
-    specs = [EvalDataset.from_mapping(d, i) for i, d in enumerate(datasets)]
-    if not specs:
-        raise ValueError("no datasets to evaluate")
-    names = [d.source.name for d in specs]
-    if len(set(names)) != len(names):
-        raise ValueError(f"dataset names must be unique, got {names}")
-    if normalizer not in (*NORMALIZER_NAMES, "auto"):
-        raise ValueError(f"normalizer must be one of {(*NORMALIZER_NAMES, 'auto')}, got {normalizer!r}")
-    if keywords_in_prompt not in (True, False, "both"):
-        raise ValueError(f"keywords_in_prompt must be true, false or both, got {keywords_in_prompt!r}")
-    if num_beams < 1 or max_new_tokens < 1:
-        raise ValueError("num_beams and max_new_tokens must be >= 1")
+    settings = EvalSettings.of(settings, **overrides)
+    device = settings.resolved_device()
+    specs = eval_datasets(datasets)
     for d in specs:
         if d.reference != "text":
             raise ValueError(f"dataset {d.source.name!r}: generation is scored against the text only")
         if d.source.task not in (None, "asr", "ast"):
             raise ValueError(f"dataset {d.source.name!r}: task must be asr or ast, got {d.source.task!r}")
-    _autocast(device, dtype)  # validates dtype
-    if max_duration is None:
-        max_duration = max_frames / FRAME_RATE
     if features_on_device is None:
         features_on_device = device.type != "cpu"
-    generate_kwargs = {"num_beams": num_beams, "max_new_tokens": max_new_tokens, "do_sample": False}
+    normalizer, num_beams = settings.generate_normalizer, settings.num_beams
 
     prompts = PromptBuilder(
         speech.tokenizer,
@@ -434,10 +408,12 @@ def evaluate_speech_llm(
     speech = speech.to(device).eval()
     results, all_rows = [], []
     try:
-        _warmup(speech, device, dtype, prompts)
+        _warmup(speech, device, settings, prompts)
         for dataset in specs:
             name = dataset.source.name
-            mode = keywords_in_prompt if dataset.keywords_in_prompt is None else dataset.keywords_in_prompt
+            mode = dataset.keywords_in_prompt
+            if mode is None:
+                mode = settings.keywords_in_prompt
             conditions = [False, True] if mode == "both" else [bool(mode)]
             per_condition = {}
             for cond in conditions:
@@ -448,15 +424,9 @@ def evaluate_speech_llm(
                     name=label,
                     keywords_in_prompt=cond,
                     prompts=prompts,
+                    settings=settings,
                     device=device,
-                    dtype=dtype,
-                    max_frames=max_frames,
-                    max_duration=max_duration,
-                    batch_size=batch_size,
-                    generate_kwargs=generate_kwargs,
-                    num_workers=num_workers,
                     features_on_device=features_on_device,
-                    progress=progress,
                 )
                 per_condition[cond] = (label, rows, info)
             keyword_set = any(
@@ -467,11 +437,11 @@ def evaluate_speech_llm(
                 result.details.update(
                     decoding="greedy" if num_beams == 1 else f"beam_search({num_beams})",
                     num_beams=num_beams,
-                    max_new_tokens=max_new_tokens,
+                    max_new_tokens=settings.max_new_tokens,
                     device=str(device),
-                    dtype=dtype,
-                    max_frames=max_frames,
-                    batch_size=batch_size,
+                    dtype=settings.dtype,
+                    max_frames=settings.max_frames,
+                    batch_size=settings.batch_size,
                     source={
                         "path": dataset.source.path,
                         "kind": dataset.source.kind,
@@ -501,7 +471,7 @@ def _finish(
 ) -> EvalResult:
     if keyword_set:
         language = dataset.source.language or next((r["language"] for r in rows if r["language"]), None)
-        norm = get_normalizer(_resolve_normalizer(dataset.normalizer or normalizer, language))
+        norm = get_normalizer(resolve_normalizer(dataset.normalizer or normalizer, language))
         for r in rows:
             r["bias_words"] = _bias_words(r.pop("_record", {}), r["reference"], norm)
             r["keywords_in_prompt"] = keywords_in_prompt
@@ -541,11 +511,11 @@ def generation_markdown(results: Sequence[EvalResult]) -> str:
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for r in results:
-        scoring = _normalizer_label(r)
+        scoring = normalizer_label(r)
         if r.details.get("bleu_signature"):
             scoring = r.details["bleu_signature"]
         lines.append(
-            f"| {r.name} | {r.details.get('task', 'asr')} | {r.num_utts} | {_pct(r.wer)} | {_pct(r.cer)} | "
+            f"| {r.name} | {r.details.get('task', 'asr')} | {r.num_utts} | {percent(r.wer)} | {percent(r.cer)} | "
             f"{_fmt(r.details.get('bleu'))} | {_fmt(r.rtfx, 1)} | {scoring} |"
         )
     text = "\n".join(lines) + "\n"
@@ -569,52 +539,32 @@ def run_generate_eval(
     model: str | Path,
     datasets: Sequence[Mapping[str, Any]],
     output_dir: str | Path,
-    *,
-    device: str = "auto",
-    dtype: str = "float32",
-    attn_impl: str = "sdpa",
-    max_frames: int = 20_000,
-    max_duration: float | None = None,
-    batch_size: int | None = None,
-    num_beams: int = 1,
-    max_new_tokens: int = 200,
-    normalizer: str = "auto",
-    keywords_in_prompt: bool | str = True,
-    num_workers: int = 0,
-    write_hypotheses: bool = True,
-    progress: bool = True,
+    settings: EvalSettings | Mapping[str, Any] | None = None,
+    **overrides: Any,
 ) -> tuple[list[EvalResult], str]:
     """Load an exported speech LLM folder, evaluate it, write ``results.json``, ``results.md`` and
-    (``write_hypotheses``) ``hypotheses.jsonl`` under ``output_dir``; returns results and markdown."""
-    speech = load_speech_llm_checked(model, attn_impl=attn_impl)
-    if dtype in ("float32", "fp32"):
+    (``settings.write_hypotheses``) ``hypotheses.jsonl`` under ``output_dir``; returns results and markdown."""
+    settings = EvalSettings.of(settings, **overrides)
+    speech = load_speech_llm_checked(model, attn_impl=settings.attn_impl)
+    if settings.dtype in ("float32", "fp32"):
         speech = speech.float()  # a bf16 export is evaluated in fp32 unless asked otherwise
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    device_ = resolve_device(device)
-    log.info("evaluating %s on %s (%s), num_beams=%d", model, device_, dtype, num_beams)
+    device = settings.resolved_device()
+    log.info("evaluating %s on %s (%s), num_beams=%d", model, device, settings.dtype, settings.num_beams)
     results = evaluate_speech_llm(
         speech,
         datasets,
-        device=device_,
-        dtype=dtype,
-        max_frames=max_frames,
-        max_duration=max_duration,
-        batch_size=batch_size,
-        num_beams=num_beams,
-        max_new_tokens=max_new_tokens,
-        normalizer=normalizer,
-        keywords_in_prompt=keywords_in_prompt,
-        num_workers=num_workers,
-        progress=progress,
-        hypotheses_path=out / "hypotheses.jsonl" if write_hypotheses else None,
+        settings,
+        device=str(device),
+        hypotheses_path=out / "hypotheses.jsonl" if settings.write_hypotheses else None,
         model_name=str(model),
     )
     table = generation_markdown(results)
-    decoding = "greedy" if num_beams == 1 else f"beam search ({num_beams} beams)"
-    settings = (
-        f"model: `{model}`  \ndevice: {device_}, dtype: {dtype}, max_frames: {max_frames}, "
-        f"max_new_tokens: {max_new_tokens}"
+    decoding = "greedy" if settings.num_beams == 1 else f"beam search ({settings.num_beams} beams)"
+    summary = (
+        f"model: `{model}`  \ndevice: {device}, dtype: {settings.dtype}, max_frames: {settings.max_frames}, "
+        f"max_new_tokens: {settings.max_new_tokens}"
     )
-    write_result_files(results, out, f"Speech LLM evaluation ({decoding})", settings, table)
+    write_result_files(results, out, f"Speech LLM evaluation ({decoding})", summary, table)
     return results, table

@@ -92,11 +92,11 @@ def read_results_json(path: str | Path) -> list[EvalResult]:
     return [EvalResult.from_dict(r) for r in payload["results"]]
 
 
-def _pct(rate: float | None) -> str:
+def percent(rate: float | None) -> str:
     return "n/a" if rate is None or math.isnan(rate) else f"{100 * rate:.2f}"
 
 
-def _normalizer_label(r: EvalResult) -> str:
+def normalizer_label(r: EvalResult) -> str:
     return r.normalizer if not r.normalizer_version else f"{r.normalizer} ({r.normalizer_version})"
 
 
@@ -114,10 +114,10 @@ def results_to_markdown(results: Sequence[EvalResult], average: bool = False) ->
 
     def row(name: str, utts: int, wer, cer, rtfx, norm: str) -> str:
         rtfx_s = "n/a" if rtfx is None else f"{rtfx:.1f}"
-        return f"| {name} | {utts} | {_pct(wer)} | {_pct(cer)} | {rtfx_s} | {norm} |"
+        return f"| {name} | {utts} | {percent(wer)} | {percent(cer)} | {rtfx_s} | {norm} |"
 
     for r in results:
-        lines.append(row(r.name, r.num_utts, r.wer, r.cer, r.rtfx, _normalizer_label(r)))
+        lines.append(row(r.name, r.num_utts, r.wer, r.cer, r.rtfx, normalizer_label(r)))
     if average and results:
 
         def mean(values):
@@ -126,7 +126,7 @@ def results_to_markdown(results: Sequence[EvalResult], average: bool = False) ->
 
         wall = sum(r.wall_seconds for r in results)
         rtfx = sum(r.audio_seconds for r in results) / wall if wall > 0 else None
-        norms = sorted({_normalizer_label(r) for r in results})
+        norms = sorted({normalizer_label(r) for r in results})
         lines.append(
             row(
                 "**average**",

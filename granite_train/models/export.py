@@ -31,6 +31,15 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from granite_train.models.checkpoints import (
+    ENCODER_CONFIG_KEY,
+    ENCODER_PREFIX,
+    STATE_KEY,
+    CheckpointError,
+    load_checkpoint,
+    prefixed_state,
+    strip_compile_prefix,
+)
 from granite_train.models.encoder import AttnImpl, CTCEncoder, GraniteSpeechEncoderConfig
 
 log = logging.getLogger(__name__)
@@ -42,25 +51,17 @@ FULL_MODEL_TYPE = "granite_speech"
 WEIGHTS_NAME = "model.safetensors"
 WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 CONFIG_NAME = "config.json"
-CKPT_STATE_KEY = "state_dict"
-CKPT_CONFIG_KEY = "encoder_config"
-CKPT_PREFIX = "encoder."
 # key prefixes of the encoder inside a full granite_speech model (transformers v4 and v5 layouts)
 FULL_MODEL_PREFIXES = ("encoder.", "model.encoder.")
 
 
-class EncoderLoadError(ValueError):
+class EncoderLoadError(CheckpointError):
     """A checkpoint or folder that does not hold a loadable encoder (the message says why)."""
 
 
 # --------------------------------------------------------------------------------------------------
 # reading
 # --------------------------------------------------------------------------------------------------
-def _strip_compile_prefix(key: str) -> str:
-    # torch.compile wraps modules as ``_orig_mod``; its keys are otherwise the module's own
-    return key.replace("_orig_mod.", "")
-
-
 def _config_from_dict(values: Mapping[str, Any], where: str) -> GraniteSpeechEncoderConfig:
     model_type = values.get("model_type", ENCODER_MODEL_TYPE)
     if model_type != ENCODER_MODEL_TYPE:
@@ -71,44 +72,25 @@ def _config_from_dict(values: Mapping[str, Any], where: str) -> GraniteSpeechEnc
 def read_checkpoint(path: str | Path) -> tuple[GraniteSpeechEncoderConfig, dict[str, torch.Tensor]]:
     """Encoder config and state dict (``encoder.`` prefix removed) of a training checkpoint."""
     path = Path(path)
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # mmap needs the zip format: retry for legacy files
-        ckpt = None
-    except Exception as err:  # weights_only refuses arbitrary objects (UnpicklingError and kin)
-        raise EncoderLoadError(
-            f"{path}: cannot be read with torch.load(weights_only=True) ({type(err).__name__}: {err}); "
-            "a checkpoint must hold tensors and plain containers only"
-        ) from err
-    if ckpt is None:
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:
-            raise EncoderLoadError(
-                f"{path}: cannot be read with torch.load(weights_only=True) ({type(err).__name__}: {err})"
-            ) from err
+    ckpt = load_checkpoint(path, error=EncoderLoadError)
     if not isinstance(ckpt, Mapping):
         raise EncoderLoadError(f"{path}: expected a checkpoint dict, got {type(ckpt).__name__}")
-    missing = [k for k in (CKPT_STATE_KEY, CKPT_CONFIG_KEY) if k not in ckpt]
+    missing = [k for k in (STATE_KEY, ENCODER_CONFIG_KEY) if k not in ckpt]
     if missing:
         raise EncoderLoadError(
             f"{path}: not a granite-train checkpoint, missing key(s) {missing} "
             f"(has {sorted(map(str, ckpt))[:10]})"
         )
-    if not isinstance(ckpt[CKPT_CONFIG_KEY], Mapping):
+    if not isinstance(ckpt[ENCODER_CONFIG_KEY], Mapping):
         raise EncoderLoadError(
-            f"{path}: ckpt[{CKPT_CONFIG_KEY!r}] must be a dict (GraniteSpeechEncoderConfig.to_dict())"
+            f"{path}: ckpt[{ENCODER_CONFIG_KEY!r}] must be a dict (GraniteSpeechEncoderConfig.to_dict())"
         )
-    config = _config_from_dict(ckpt[CKPT_CONFIG_KEY], f"{path}[{CKPT_CONFIG_KEY!r}]")
-    state = {
-        _strip_compile_prefix(k[len(CKPT_PREFIX) :]): v
-        for k, v in ckpt[CKPT_STATE_KEY].items()
-        if k.startswith(CKPT_PREFIX)
-    }
+    config = _config_from_dict(ckpt[ENCODER_CONFIG_KEY], f"{path}[{ENCODER_CONFIG_KEY!r}]")
+    state = prefixed_state(ckpt[STATE_KEY], ENCODER_PREFIX)
     if not state:
-        keys = sorted(ckpt[CKPT_STATE_KEY])[:5]
+        keys = sorted(ckpt[STATE_KEY])[:5]
         raise EncoderLoadError(
-            f"{path}: no {CKPT_PREFIX!r} keys in ckpt[{CKPT_STATE_KEY!r}] (first keys: {keys})"
+            f"{path}: no {ENCODER_PREFIX!r} keys in ckpt[{STATE_KEY!r}] (first keys: {keys})"
         )
     return config, state
 
@@ -274,7 +256,7 @@ def export_hf_encoder(encoder: CTCEncoder, out_dir: str | Path) -> Path:
     out = Path(out_dir)
     config = copy.deepcopy(encoder.config)
     state = {
-        _strip_compile_prefix(k): v.detach().to("cpu").contiguous() for k, v in encoder.state_dict().items()
+        strip_compile_prefix(k): v.detach().to("cpu").contiguous() for k, v in encoder.state_dict().items()
     }
     # the reference's keys and shapes, checked before anything is written (meta: no memory, no init)
     with torch.device("meta"):

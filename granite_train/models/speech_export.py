@@ -26,14 +26,13 @@ LoRA, two layouts:
 A stage-2 Lightning checkpoint (:func:`export_speech_checkpoint`) holds ``state_dict`` with the
 SpeechLLM under ``model.`` (``model.hf.<transformers key>``, LoRA keys as the PEFT integration names
 them) and ``ckpt["speech_llm"] = {"config": GraniteSpeechConfig.to_dict(), "lora": LoraConfig as a
-plain dict or None}`` (:func:`checkpoint_metadata` builds it). The tokenizer is not in the checkpoint:
+plain dict or None}`` (:func:`granite_train.models.checkpoints.speech_llm_metadata` builds it). The tokenizer is not in the checkpoint:
 the training run writes it with :func:`save_processor` to ``<output_dir>/processor``.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -44,7 +43,17 @@ import torch
 from safetensors.torch import save_file
 from transformers import GraniteSpeechConfig, GraniteSpeechForConditionalGeneration
 
-from granite_train.models.speech_llm import SpeechLLM, _load_tokenizer
+from granite_train.models.checkpoints import (
+    ENCODER_CONFIG_KEY,
+    SPEECH_LLM_KEY,
+    SPEECH_LLM_PREFIX,
+    STATE_KEY,
+    CheckpointError,
+    checkpoint_stage,
+    load_checkpoint,
+    prefixed_state,
+)
+from granite_train.models.speech_llm import SpeechLLM, load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +61,6 @@ __all__ = [
     "SpeechCheckpoint",
     "SpeechExportError",
     "build_processor",
-    "checkpoint_metadata",
     "checkpoint_stage",
     "export_speech_checkpoint",
     "export_speech_llm",
@@ -63,10 +71,6 @@ __all__ = [
 
 ADAPTER_CONFIG_NAME = "adapter_config.json"
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
-CKPT_STATE_KEY = "state_dict"
-CKPT_META_KEY = "speech_llm"
-CKPT_ENCODER_KEY = "encoder_config"  # what marks a stage-1 checkpoint
-CKPT_PREFIX = "model.hf."
 # files of an earlier export that would change what a re-export into the same folder loads as
 _STALE_PATTERNS = (
     ADAPTER_CONFIG_NAME,
@@ -83,7 +87,7 @@ _RELEASED_PREFIXES = (
 )
 
 
-class SpeechExportError(ValueError):
+class SpeechExportError(CheckpointError):
     """A checkpoint, folder or model that cannot be exported (the message says why)."""
 
 
@@ -397,93 +401,39 @@ class SpeechCheckpoint:
     state: dict[str, torch.Tensor]  # SpeechLLM.hf state dict (LoRA keys included)
 
 
-def _plain(value: Any) -> Any:
-    """JSON types only: what ``torch.load(weights_only=True)`` reads back (no sets, enums, dataclasses)."""
-    return json.loads(
-        json.dumps(value, default=lambda v: sorted(v) if isinstance(v, set | frozenset) else str(v))
-    )
-
-
-def checkpoint_metadata(speech: SpeechLLM) -> dict[str, Any]:
-    """``ckpt["speech_llm"]`` for a training checkpoint: the config and LoRA settings as plain data.
-
-    ``LoraConfig.to_dict()`` holds a ``set`` and a ``PeftType`` enum, which
-    ``torch.load(weights_only=True)`` refuses; this is the same content in JSON types.
-    """
-    lora = speech.hf.peft_config[_adapter_name(speech.hf)].to_dict() if speech.has_lora else None
-    return {"config": _plain(speech.config.to_dict()), "lora": None if lora is None else _plain(lora)}
-
-
-def _torch_load(path: Path) -> Any:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # mmap needs the zip format: retry for legacy files
-        pass
-    except Exception as err:
-        raise SpeechExportError(
-            f"{path}: cannot be read with torch.load(weights_only=True) ({type(err).__name__}: {err}); "
-            "a checkpoint must hold tensors and plain containers only"
-        ) from err
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise SpeechExportError(
-            f"{path}: cannot be read with torch.load(weights_only=True) ({type(err).__name__}: {err})"
-        ) from err
-
-
-def checkpoint_stage(path: str | Path) -> int:
-    """1 for a stage-1 encoder checkpoint or folder, 2 for a stage-2 speech-LLM checkpoint.
-
-    Folders are stage 1 (an exported encoder, re-exported); a file is stage 2 when it has
-    ``ckpt["speech_llm"]``. Unreadable files raise :class:`SpeechExportError`.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    if path.is_dir():
-        return 1
-    ckpt = _torch_load(path)
-    return 2 if isinstance(ckpt, Mapping) and CKPT_META_KEY in ckpt else 1
-
-
 def read_speech_checkpoint(path: str | Path) -> SpeechCheckpoint:
     """Config, LoRA settings and SpeechLLM state dict (``model.hf.`` removed) of a stage-2 checkpoint."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint file at {path}")
-    ckpt = _torch_load(path)
+    ckpt = load_checkpoint(path, error=SpeechExportError)
     if not isinstance(ckpt, Mapping):
         raise SpeechExportError(f"{path}: expected a checkpoint dict, got {type(ckpt).__name__}")
-    if CKPT_META_KEY not in ckpt:
-        if CKPT_ENCODER_KEY in ckpt:
+    if SPEECH_LLM_KEY not in ckpt:
+        if ENCODER_CONFIG_KEY in ckpt:
             raise SpeechExportError(
                 f"{path}: a stage-1 (CTC encoder) checkpoint, not a speech LLM; export it with "
                 "granite_train.models.export.export_checkpoint (`granite-train export` picks it itself)"
             )
         raise SpeechExportError(
-            f"{path}: not a stage-2 checkpoint, no ckpt[{CKPT_META_KEY!r}] "
+            f"{path}: not a stage-2 checkpoint, no ckpt[{SPEECH_LLM_KEY!r}] "
             f"(has {sorted(map(str, ckpt))[:10]})"
         )
-    meta = ckpt[CKPT_META_KEY]
+    meta = ckpt[SPEECH_LLM_KEY]
     if not isinstance(meta, Mapping) or not isinstance(meta.get("config"), Mapping):
         raise SpeechExportError(
-            f"{path}: ckpt[{CKPT_META_KEY!r}] must be {{'config': dict, 'lora': dict | None}}"
+            f"{path}: ckpt[{SPEECH_LLM_KEY!r}] must be {{'config': dict, 'lora': dict | None}}"
         )
     lora = meta.get("lora")
     if lora is not None and not isinstance(lora, Mapping):
-        raise SpeechExportError(f"{path}: ckpt[{CKPT_META_KEY!r}]['lora'] must be a dict or None")
-    raw = ckpt.get(CKPT_STATE_KEY)
+        raise SpeechExportError(f"{path}: ckpt[{SPEECH_LLM_KEY!r}]['lora'] must be a dict or None")
+    raw = ckpt.get(STATE_KEY)
     if not isinstance(raw, Mapping):
-        raise SpeechExportError(f"{path}: no ckpt[{CKPT_STATE_KEY!r}] dict")
-    state = {
-        k.replace("_orig_mod.", "")[len(CKPT_PREFIX) :]: v
-        for k, v in raw.items()
-        if k.replace("_orig_mod.", "").startswith(CKPT_PREFIX)
-    }
+        raise SpeechExportError(f"{path}: no ckpt[{STATE_KEY!r}] dict")
+    state = prefixed_state(raw, SPEECH_LLM_PREFIX)
     if not state:
         raise SpeechExportError(
-            f"{path}: no {CKPT_PREFIX!r} keys in ckpt[{CKPT_STATE_KEY!r}] (first: {sorted(raw)[:5]})"
+            f"{path}: no {SPEECH_LLM_PREFIX!r} keys in ckpt[{STATE_KEY!r}] (first: {sorted(raw)[:5]})"
         )
     return SpeechCheckpoint(
         config=dict(meta["config"]), lora=None if lora is None else dict(lora), state=state
@@ -506,7 +456,7 @@ def _processor_dir(checkpoint: Path, processor_dir: str | Path | None) -> Path:
 
 
 def _lora_config(values: Mapping[str, Any]) -> Any:
-    """A trainable ``LoraConfig`` from its plain-dict form (``checkpoint_metadata``)."""
+    """A trainable ``LoraConfig`` from its plain-dict form (:func:`~granite_train.models.checkpoints.speech_llm_metadata`)."""
     from peft import PeftConfig
 
     values = dict(values)
@@ -539,7 +489,7 @@ def speech_llm_from_checkpoint(checkpoint: str | Path, processor_dir: str | Path
     """The :class:`SpeechLLM` of a stage-2 checkpoint (LoRA attached, not merged), on CPU, eval mode."""
     checkpoint = Path(checkpoint)
     ckpt = read_speech_checkpoint(checkpoint)
-    tokenizer = _load_tokenizer(_processor_dir(checkpoint, processor_dir))
+    tokenizer = load_tokenizer(_processor_dir(checkpoint, processor_dir))
     try:
         config = GraniteSpeechConfig.from_dict(ckpt.config)
     except Exception as err:

@@ -19,9 +19,8 @@ folder (merged weights, or the 3.3 layout with a LoRA adapter next to them).
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,141 +36,43 @@ from transformers import (
 )
 from transformers.generation import GenerationMixin
 
+from granite_train.models.config import PROJECTOR_PRESETS, LoraSettings, SpeechLLMModelConfig
 from granite_train.models.encoder import CTCEncoder, lengths_to_mask
+from granite_train.speech_format import (
+    AUDIO_TOKEN,
+    CHAT_TEMPLATE,
+    DOWNSAMPLE_RATE,
+    IGNORE_INDEX,
+    WINDOW_SIZE,
+    projector_tokens,
+)
+from granite_train.typed_config import from_mapping
 
 log = logging.getLogger(__name__)
-
-AUDIO_TOKEN = "<|audio|>"
-IGNORE_INDEX = -100
-SAMPLES_PER_FRAME = 160  # 10 ms hop at 16 kHz
-FRAME_STACK = 2  # two 10 ms frames per encoder frame (50 Hz)
-
-# Blip2QFormerConfig fields of the projector.
-PROJECTOR_PRESETS: dict[str, dict[str, Any]] = {
-    # granite-4.0-1b-speech (RECIPE.md, "Projector + LLM stage")
-    "granite_4_0_1b": dict(
-        hidden_size=1024,
-        num_hidden_layers=2,
-        num_attention_heads=16,
-        intermediate_size=4096,
-        cross_attention_frequency=1,
-        hidden_act="gelu",
-        layer_norm_eps=1e-12,
-        hidden_dropout_prob=0.1,
-        attention_probs_dropout_prob=0.1,
-    ),
-    "tiny": dict(
-        hidden_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=1024,
-        cross_attention_frequency=1,
-        hidden_act="gelu",
-        layer_norm_eps=1e-12,
-        hidden_dropout_prob=0.1,
-        attention_probs_dropout_prob=0.1,
-    ),
-}
-
-
-# --------------------------------------------------------------------------------------------------
-# audio token arithmetic
-# --------------------------------------------------------------------------------------------------
-def encoder_frames(num_samples: int) -> int:
-    """50 Hz encoder frames of ``num_samples`` of 16 kHz audio (odd last 10 ms frame dropped)."""
-    return (num_samples // SAMPLES_PER_FRAME + 1) // FRAME_STACK
-
-
-def projector_tokens(num_frames: torch.Tensor | int, window_size: int = 15, downsample_rate: int = 5):
-    """Audio tokens the projector emits for ``num_frames`` encoder frames: whole windows x queries."""
-    queries = window_size // downsample_rate
-    if isinstance(num_frames, torch.Tensor):
-        return torch.div(num_frames + window_size - 1, window_size, rounding_mode="floor") * queries
-    return math.ceil(num_frames / window_size) * queries
-
-
-def audio_token_count(num_samples: int, window_size: int = 15, downsample_rate: int = 5) -> int:
-    """The published formula: ``ceil(((n_samples // 160 + 1) // 2) / 15) * 3`` (10 Hz audio tokens)."""
-    return projector_tokens(encoder_frames(num_samples), window_size, downsample_rate)
 
 
 # --------------------------------------------------------------------------------------------------
 # the model
 # --------------------------------------------------------------------------------------------------
 @dataclass
-class LoraSettings:
-    """LoRA on the LLM (published: rank 64 on the q and v projections; alpha / dropout unpublished)."""
-
-    rank: int = 64
-    alpha: float = 64.0
-    dropout: float = 0.05
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
-
-    def peft_config(self):
-        from peft import LoraConfig
-
-        return LoraConfig(
-            r=int(self.rank),
-            lora_alpha=float(self.alpha),
-            lora_dropout=float(self.dropout),
-            target_modules=list(self.target_modules),
-            bias="none",
-        )
-
-
-@dataclass
 class SpeechLLMOutput:
-    loss: torch.Tensor  # training objective: cross-entropy (+ audio_ctc_weight * audio CTC), fp32
-    num_tokens: int  # labelled positions in the batch
-    num_correct: int  # of those, argmax == label (teacher-forced token accuracy)
-    lm_loss: torch.Tensor | None = None  # mean token cross-entropy over labelled positions
-    audio_ctc_loss: torch.Tensor | None = None  # the auxiliary audio-token CTC, when on
-    audio_ctc_dropped: int = 0  # utterances left out of it: more target tokens than audio tokens
-    audio_rms: float | None = None  # scale of the real audio tokens (vs the text embeddings')
-    audio_embed_loss: torch.Tensor | None = None  # the auxiliary pull into the embedding space, when on
+    """transformers' ``GraniteSpeechCausalLMOutputWithPast`` for training: loss and logits at the
+    labelled positions only, plus the projected audio the auxiliary losses of training read."""
 
+    loss: torch.Tensor  # mean next-token cross-entropy over the labelled positions, fp32
+    logits: torch.Tensor  # (N, V) fp32: the prediction at each of the N labelled positions
+    labels: torch.Tensor  # (N,) the token each of those positions predicts
+    audio_embeds: torch.Tensor  # (B, Q, D_llm) projected audio, padded per batch
+    audio_token_counts: torch.Tensor  # (B,) real audio tokens per utterance
 
-def corrupt_target_inputs(
-    input_ids: torch.Tensor, labels: torch.Tensor, rate: float, replacements: torch.Tensor
-) -> torch.Tensor:
-    """``input_ids`` with each labelled (target) token replaced, with probability ``rate``, by one
-    drawn uniformly from ``replacements``; prompt, audio and padding positions stay.
+    @property
+    def num_tokens(self) -> int:
+        return int(self.labels.numel())
 
-    Training-only (``model.loss.target_token_noise``): the labels keep the true tokens, so the
-    model still learns to predict them, but from a teacher-forced prefix it cannot fully trust. A
-    small LLM trained in full otherwise learns the training transcripts by heart and predicts
-    from the prefix instead of reading the audio (RESULTS.md, trial 14). Draws from the global
-    torch RNG (seeded per step by the training loop, so resume stays exact).
-    """
-    if not 0.0 <= rate < 1.0:
-        raise ValueError(f"target token noise must be in [0, 1), got {rate}")
-    if rate == 0.0:
-        return input_ids
-    hit = (labels != IGNORE_INDEX) & (torch.rand(labels.shape, device=labels.device) < rate)
-    picks = replacements.to(input_ids.device)[
-        torch.randint(len(replacements), labels.shape, device=labels.device)
-    ]
-    return torch.where(hit, picks, input_ids)
-
-
-class AudioCTCHead(nn.Module):
-    """Training-only CTC head on the projected audio tokens: LayerNorm (no affine) + Linear.
-
-    Auxiliary loss ``model.loss.audio_ctc_weight`` (not in the published recipe): each audio token
-    predicts the LLM token spoken there, blank = the pad token. It makes the projector carry the
-    transcript's content from the first steps, which a Q-Former trained with a small LLM from
-    scratch does not otherwise do on a CPU budget (RESULTS.md, "Stage 2: why the tiny model did
-    not learn"). The LayerNorm keeps it blind to the audio tokens' scale, which it leaves to the
-    LLM. It is not part of the exported model.
-    """
-
-    def __init__(self, width: int, vocab_size: int):
-        super().__init__()
-        self.norm = nn.LayerNorm(width, elementwise_affine=False)
-        self.proj = nn.Linear(width, vocab_size)
-
-    def forward(self, audio: torch.Tensor) -> torch.Tensor:
-        return self.proj(self.norm(audio))
+    @property
+    def num_correct(self) -> int:
+        """Labelled positions whose argmax is the label (teacher-forced token accuracy)."""
+        return int((self.logits.detach().argmax(-1) == self.labels).sum())
 
 
 class SpeechLLM(nn.Module):
@@ -340,16 +241,12 @@ class SpeechLLM(nn.Module):
         features: torch.Tensor,
         feature_lengths: torch.Tensor | None,
         labels: torch.Tensor,
-        audio_ctc_head: AudioCTCHead | None = None,
-        audio_ctc_weight: float = 0.0,
-        audio_embed_weight: float = 0.0,
         encoder_hidden: torch.Tensor | None = None,
     ) -> SpeechLLMOutput:
         """Mean next-token cross-entropy over the positions with a label (``labels != -100``).
 
-        With ``audio_ctc_head`` and ``audio_ctc_weight`` > 0 the loss adds the auxiliary
-        audio-token CTC (:class:`AudioCTCHead`, :meth:`audio_ctc_loss`); with ``audio_embed_weight``
-        > 0 too, it adds :meth:`audio_embed_loss`. ``encoder_hidden``: see :meth:`audio_embeds`.
+        transformers' forward with ``labels``, computed padding-exact and with the LM head at the
+        labelled positions only. ``encoder_hidden``: see :meth:`audio_embeds`.
         """
         audio, counts = self.audio_embeds(features, feature_lengths, encoder_hidden)
         inputs_embeds = self._merge_audio(input_ids, audio, counts)
@@ -359,94 +256,17 @@ class SpeechLLM(nn.Module):
         # position t predicts token t+1: gather the hidden states of labelled targets only
         targets = labels[:, 1:]
         picked = targets != IGNORE_INDEX
-        num_tokens = int(picked.sum())
-        if num_tokens == 0:
+        if not bool(picked.any()):
             raise ValueError("batch has no labelled target tokens")
         logits = self.hf.lm_head(hidden[:, :-1][picked]).float()
         gold = targets[picked]
-        lm_loss = F.cross_entropy(logits, gold)
-        correct = int((logits.detach().argmax(-1) == gold).sum())
-        real = inputs_embeds[input_ids == self.audio_token_id].detach()
-        out = SpeechLLMOutput(
-            loss=lm_loss,
-            num_tokens=num_tokens,
-            num_correct=correct,
-            lm_loss=lm_loss.detach(),
-            audio_rms=float(real.float().pow(2).mean().sqrt()) if real.numel() else None,
+        return SpeechLLMOutput(
+            loss=F.cross_entropy(logits, gold),
+            logits=logits,
+            labels=gold,
+            audio_embeds=audio,
+            audio_token_counts=counts,
         )
-        if audio_ctc_head is not None and audio_ctc_weight > 0:
-            ctc, dropped = self.audio_ctc_loss(audio, counts, labels, audio_ctc_head)
-            out.audio_ctc_dropped = dropped
-            if ctc is not None:
-                out.loss = lm_loss + audio_ctc_weight * ctc
-                out.audio_ctc_loss = ctc.detach()
-            if audio_embed_weight > 0:
-                pull = self.audio_embed_loss(audio, counts, audio_ctc_head)
-                out.loss = out.loss + audio_embed_weight * pull
-                out.audio_embed_loss = pull.detach()
-        return out
-
-    def audio_embed_loss(self, audio: torch.Tensor, counts: torch.Tensor, head: AudioCTCHead) -> torch.Tensor:
-        """Squared distance of each real audio token to the LLM input embedding its CTC head reads
-        there (posterior-weighted, so mostly the blank = pad embedding between tokens), relative to
-        the embeddings' mean squared norm.
-
-        Training-only (``model.loss.audio_embed_weight``). It makes the projector write what a
-        copy-pretrained LLM reads: token embeddings among pads, at the embeddings' scale. Without
-        it the audio tokens grow to ~25x the embeddings' RMS, which drowns the attention outputs
-        at those positions in the residual stream and slows the LLM's reading (RESULTS.md, trial 12).
-        Gradient reaches the projector only: the posterior and the embedding table are constants.
-        """
-        keep = torch.arange(audio.shape[1], device=audio.device)[None, :] < counts[:, None].to(audio.device)
-        real = audio[keep].float()
-        with torch.no_grad():
-            table = self.hf.get_input_embeddings().weight.float()
-            probs = head(real).float().softmax(-1)
-            width = min(probs.shape[-1], table.shape[0])
-            target = probs[:, :width] @ table[:width]
-            scale = table.pow(2).sum(-1).mean().clamp_min(1e-12)
-        return (real - target).pow(2).sum(-1).mean() / scale
-
-    def audio_ctc_loss(
-        self,
-        audio: torch.Tensor,
-        counts: torch.Tensor,
-        labels: torch.Tensor,
-        head: AudioCTCHead,
-    ) -> tuple[torch.Tensor | None, int]:
-        """Mean per-token CTC of ``head`` on the audio tokens (B, Q, D) against each row's targets
-        (its labelled tokens but the final EOS); the blank is the pad token.
-
-        Rows whose targets cannot be aligned to their audio tokens (more tokens, counting a blank
-        between repeats, than audio tokens) are left out and counted. Returns (loss or None if no
-        row is left, dropped).
-        """
-        blank = self.tokenizer.pad_token_id
-        if blank is None:
-            raise ValueError("the audio-token CTC uses the pad token as its blank; the tokenizer has none")
-        targets = [row[row != IGNORE_INDEX][:-1] for row in labels]
-        target_lengths = torch.tensor([len(t) for t in targets])
-        # a CTC path needs a frame per token plus a blank between equal neighbours
-        needed = torch.tensor([len(t) + int((t[1:] == t[:-1]).sum()) for t in targets])
-        counts = counts.cpu()
-        keep = (needed <= counts) & (target_lengths > 0)
-        dropped = int((~keep).sum())
-        if not bool(keep.any()):
-            return None, dropped
-        rows = keep.nonzero().squeeze(1)
-        logits = head(audio[rows.to(audio.device)]).float()
-        log_probs = logits.log_softmax(-1).transpose(0, 1)  # (Q, B, V)
-        flat = torch.cat([targets[i] for i in rows.tolist()]).to(audio.device)
-        loss = F.ctc_loss(
-            log_probs,
-            flat,
-            counts[rows],
-            target_lengths[rows],
-            blank=blank,
-            reduction="sum",
-            zero_infinity=True,
-        )
-        return loss / target_lengths[rows].sum().clamp_min(1).to(loss.device), dropped
 
     @torch.no_grad()
     def generate(
@@ -473,7 +293,7 @@ class SpeechLLM(nn.Module):
 # --------------------------------------------------------------------------------------------------
 # construction
 # --------------------------------------------------------------------------------------------------
-def _load_tokenizer(path: str | Path, trust_remote_code: bool = False):
+def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
     tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
     if AUDIO_TOKEN not in tokenizer.get_vocab():
         tokenizer.add_special_tokens({"additional_special_tokens": [AUDIO_TOKEN]})
@@ -483,8 +303,6 @@ def _load_tokenizer(path: str | Path, trust_remote_code: bool = False):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if tokenizer.chat_template is None:
-        from granite_train.models.tiny_llm import CHAT_TEMPLATE
-
         tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
 
@@ -508,8 +326,8 @@ def assemble_speech_llm(
     encoder: str | Path | CTCEncoder,
     llm: str | Path,
     projector: Mapping[str, Any] | None = None,
-    window_size: int = 15,
-    downsample_rate: int = 5,
+    window_size: int = WINDOW_SIZE,
+    downsample_rate: int = DOWNSAMPLE_RATE,
     attn_impl: str = "sdpa",
     trust_remote_code: bool = False,
 ) -> SpeechLLM:
@@ -525,7 +343,7 @@ def assemble_speech_llm(
 
     if not isinstance(encoder, CTCEncoder):
         encoder = load_encoder(encoder, attn_impl=attn_impl)
-    tokenizer = _load_tokenizer(llm, trust_remote_code)
+    tokenizer = load_tokenizer(llm, trust_remote_code)
     base = AutoModelForCausalLM.from_pretrained(str(llm), trust_remote_code=trust_remote_code)
     if base.config.model_type not in ("granite", "granitemoe", "granitemoehybrid", "llama"):
         log.warning("LLM model_type %r is not a Granite model; assembling anyway", base.config.model_type)
@@ -594,59 +412,39 @@ def load_speech_llm(
             "%s: config says has_lora_adapter but no adapter was found; using the weights alone", path
         )
     hf.config.has_lora_adapter = has_lora
-    tokenizer = _load_tokenizer(path, trust_remote_code)
+    tokenizer = load_tokenizer(path, trust_remote_code)
     return SpeechLLM(hf, tokenizer, attn_impl=attn_impl)
 
 
-def build_speech_llm(model: Mapping[str, Any]) -> SpeechLLM:
-    """The stage-2 model from a ``configs/model/speech_llm_*.yaml`` mapping.
+def build_speech_llm(model: SpeechLLMModelConfig | Mapping[str, Any]) -> SpeechLLM:
+    """The stage-2 model from its config (:class:`SpeechLLMModelConfig`, or its mapping form).
 
-    Keys: ``init`` (an existing GraniteSpeech folder / hub id: route b) or ``encoder`` + ``llm``
-    (route a) with ``projector``, ``window_size``, ``downsample_rate``; ``lora`` (LoraSettings
-    fields, or null), ``train`` (``{projector, lora, llm, encoder}`` booleans), ``attn_impl``,
-    ``trust_remote_code``.
+    ``init`` (an existing GraniteSpeech folder / hub id: route b) or ``encoder`` + ``llm`` (route a);
+    then a LoRA adapter when ``lora`` is set and the model has none, and ``train`` picks what trains.
     """
-    attn_impl = model.get("attn_impl", "sdpa")
-    trust = bool(model.get("trust_remote_code", False))
-    if model.get("init"):
+    cfg = from_mapping(SpeechLLMModelConfig, model, "model")
+    if cfg.init:
         speech = load_speech_llm(
-            model["init"], adapter=model.get("adapter"), attn_impl=attn_impl, trust_remote_code=trust
+            cfg.init, adapter=cfg.adapter, attn_impl=cfg.attn_impl, trust_remote_code=cfg.trust_remote_code
         )
     else:
-        if not model.get("encoder") or not model.get("llm"):
+        if not cfg.encoder or not cfg.llm:
             raise ValueError("model needs `init` (a GraniteSpeech checkpoint) or both `encoder` and `llm`")
         speech = assemble_speech_llm(
-            model["encoder"],
-            model["llm"],
-            projector=model.get("projector"),
-            window_size=int(model.get("window_size", 15)),
-            downsample_rate=int(model.get("downsample_rate", 5)),
-            attn_impl=attn_impl,
-            trust_remote_code=trust,
+            cfg.encoder,
+            cfg.llm,
+            projector=cfg.projector,
+            window_size=int(cfg.window_size),
+            downsample_rate=int(cfg.downsample_rate),
+            attn_impl=cfg.attn_impl,
+            trust_remote_code=cfg.trust_remote_code,
         )
-    lora = model.get("lora")
-    if lora and not speech.has_lora:
-        speech.add_lora(LoraSettings(**lora))
-    train = {"projector": True, "lora": bool(lora) or speech.has_lora, "llm": False, "encoder": False}
-    train.update(model.get("train") or {})
+    if cfg.lora and not speech.has_lora:
+        speech.add_lora(cfg.lora)
+    train = asdict(cfg.train)
+    if train["lora"] is None:
+        train["lora"] = speech.has_lora
     speech.set_trainable(**train)
-    return speech
-
-
-def merge_lora(speech: SpeechLLM) -> SpeechLLM:
-    """Fold the LoRA adapter into the LLM weights in place (W += B A * alpha / r) and drop it."""
-    if not speech.has_lora:
-        return speech
-    from peft.tuners.lora import LoraLayer
-
-    for name, module in list(speech.hf.named_modules()):
-        if isinstance(module, LoraLayer):
-            module.merge()
-            parent_name, _, child = name.rpartition(".")
-            setattr(speech.hf.get_submodule(parent_name), child, module.get_base_layer())
-    speech.hf._hf_peft_config_loaded = False
-    speech.hf.peft_config = {}
-    speech.config.has_lora_adapter = False
     return speech
 
 
@@ -659,19 +457,13 @@ def format_counts(counts: Mapping[str, int]) -> str:
 
 
 __all__: Sequence[str] = [
-    "AUDIO_TOKEN",
-    "IGNORE_INDEX",
-    "AudioCTCHead",
     "LoraSettings",
     "PROJECTOR_PRESETS",
     "SpeechLLM",
     "SpeechLLMOutput",
     "assemble_speech_llm",
-    "audio_token_count",
     "build_speech_llm",
-    "encoder_frames",
     "format_counts",
     "load_speech_llm",
-    "merge_lora",
-    "projector_tokens",
+    "load_tokenizer",
 ]

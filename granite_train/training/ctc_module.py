@@ -7,15 +7,20 @@ Step skipping, exact-resume batch fetching, seeded dropout and run counters come
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
 from granite_train.eval.ctc_decode import greedy_ctc_decode
+from granite_train.models.checkpoints import ENCODER_CONFIG_KEY
+from granite_train.models.config import CTCModelConfig
 from granite_train.models.ctc_loss import SelfConditionedCTCLoss
 from granite_train.models.encoder import CTCEncoder, encoder_config
 from granite_train.text.vocab import CharVocab
+from granite_train.training.config import OptimConfig
 from granite_train.training.step_module import CHECKPOINT_KEY, StepSkippingModule
+from granite_train.typed_config import from_mapping, to_plain
 
 log = logging.getLogger(__name__)
 
@@ -26,31 +31,39 @@ class CTCPretrainModule(StepSkippingModule):
     """Self-conditioned CTC pretraining of :class:`CTCEncoder`.
 
     Args:
-        model: ``{preset, encoder (config fields), attn_impl, gradient_checkpointing, loss: {final_weight, mid_weight}}``.
+        model: :class:`~granite_train.models.config.CTCModelConfig` (or its mapping form).
         optim, total_steps, seed, fault_injection: see :class:`StepSkippingModule`.
         val_normalizer: text normalizer of the validation CER/WER.
     """
 
     def __init__(
         self,
-        model: dict[str, Any],
-        optim: dict[str, Any],
+        model: CTCModelConfig | Mapping[str, Any],
+        optim: OptimConfig | Mapping[str, Any],
         total_steps: int,
         seed: int = 0,
         val_normalizer: str = "basic",
         fault_injection: dict[str, Any] | None = None,
     ):
         super().__init__(optim, total_steps, seed=seed, fault_injection=fault_injection)
-        self.save_hyperparameters()
-        config = encoder_config(model["preset"], **(model.get("encoder") or {}))
-        self.encoder = CTCEncoder(
-            config,
-            attn_impl=model.get("attn_impl", "sdpa"),
-            gradient_checkpointing=bool(model.get("gradient_checkpointing", False)),
+        model = from_mapping(CTCModelConfig, model, "model")
+        # plain data only: checkpoints are read back with torch.load(weights_only=True)
+        self.save_hyperparameters(
+            {
+                "model": to_plain(model),
+                "optim": to_plain(self.optim_cfg),
+                "total_steps": total_steps,
+                "seed": seed,
+                "val_normalizer": val_normalizer,
+                "fault_injection": fault_injection,
+            }
         )
-        loss_cfg = model.get("loss") or {}
+        config = encoder_config(model.preset, **(model.encoder or {}))
+        self.encoder = CTCEncoder(
+            config, attn_impl=model.attn_impl, gradient_checkpointing=bool(model.gradient_checkpointing)
+        )
         self.loss_fn = SelfConditionedCTCLoss(
-            final_weight=loss_cfg.get("final_weight", 0.8), mid_weight=loss_cfg.get("mid_weight", 0.2)
+            final_weight=model.loss.final_weight, mid_weight=model.loss.mid_weight
         )
         self.vocab = CharVocab()
         self.val_normalizer = val_normalizer
@@ -103,4 +116,4 @@ class CTCPretrainModule(StepSkippingModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
-        checkpoint["encoder_config"] = self.encoder.config.to_dict()
+        checkpoint[ENCODER_CONFIG_KEY] = self.encoder.config.to_dict()

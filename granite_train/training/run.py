@@ -1,7 +1,8 @@
 """Build and run a training job from a resolved config (what ``granite-train train`` does).
 
-The config is a plain mapping (Hydra resolves it first); see ``configs/`` for the groups and
-``recipes/`` for complete runs. Output layout of ``output_dir``::
+The config is a :class:`~granite_train.training.config.RecipeConfig` or its mapping form (Hydra
+resolves it first), checked key by key before anything else runs; see ``configs/`` for the groups
+and ``recipes/`` for complete runs. Output layout of ``output_dir``::
 
     checkpoints/last.ckpt   (+ step checkpoints)   resumable Lightning checkpoints
     logs/version_N/metrics.csv                      CSV log of each launch (a resume adds one)
@@ -18,7 +19,7 @@ import logging
 import os
 import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,9 @@ from granite_train.data.builders import build_pipeline_config
 from granite_train.data.collate import Collator
 from granite_train.data.mixture import mixture_probabilities
 from granite_train.data.pipeline import SpeechDataPipeline, build_dataloader
+from granite_train.training.config import DataConfig, RecipeConfig, WandbConfig, load_recipe_config
+from granite_train.training.precision import resolve_precision
+from granite_train.typed_config import from_mapping, to_plain
 
 log = logging.getLogger(__name__)
 
@@ -51,19 +55,20 @@ _QUIET = [
 class SpeechDataModule(L.LightningDataModule):
     """Train and validation loaders of a stage, built once the process knows its rank.
 
-    ``data`` holds ``train`` (a pipeline config, streamed endlessly), ``val`` (a pipeline config
-    or null), ``num_workers`` and ``augment`` (``spec_augment`` / ``noise`` arguments or null).
+    ``data``: :class:`~granite_train.training.config.DataConfig` (or its mapping form): ``train`` (a
+    pipeline config, streamed endlessly), ``val`` (a pipeline config or null), ``num_workers`` and
+    ``augment``.
     """
 
     def __init__(
         self,
-        data: Mapping[str, Any],
+        data: DataConfig | Mapping[str, Any],
         seed: int,
         snapshot_every_n_batches: int = 1,
         wrap_collator: Callable[[Collator, bool], Callable] | None = None,
     ):
         super().__init__()
-        self.data = data
+        self.data = data = from_mapping(DataConfig, data, "data")
         self.seed = seed
         # stage 2 wraps the audio collator with prompt / target tokenization (train flag second)
         self.wrap_collator = wrap_collator or (lambda collator, train: collator)
@@ -71,7 +76,9 @@ class SpeechDataModule(L.LightningDataModule):
         # every snapshot. Snapshots at checkpoint steps are all that resume needs; between them
         # StatefulDataLoader replays from the last snapshot, which is exact as well.
         self.snapshot_every_n_batches = max(1, int(snapshot_every_n_batches))
-        self.train_config = build_pipeline_config({**data["train"], "seed": seed, "infinite": True})
+        self.train_config = build_pipeline_config(
+            {**data.train, "seed": seed, "infinite": True}, "data.train"
+        )
         specs = self.train_config.sources
         probs = mixture_probabilities(
             [s.weight for s in specs], [s.size for s in specs], self.train_config.alpha
@@ -82,11 +89,11 @@ class SpeechDataModule(L.LightningDataModule):
             self.train_config.alpha,
             ", ".join(f"{name} {100 * p:.1f}%" for name, p in self.requested_mixture.items()),
         )
-        val = data.get("val")
         self.val_config = None
-        if val:
+        if data.val:
             self.val_config = build_pipeline_config(
-                {"shuffle_buffer": 0, **val, "seed": seed, "infinite": False, "drop_last": False}
+                {"shuffle_buffer": 0, **data.val, "seed": seed, "infinite": False, "drop_last": False},
+                "data.val",
             )
 
     def _rank_world(self) -> tuple[int, int]:
@@ -95,9 +102,8 @@ class SpeechDataModule(L.LightningDataModule):
         return self.trainer.global_rank, self.trainer.world_size
 
     def train_dataloader(self):
-        augment = self.data.get("augment") or {}
-        spec = augment.get("spec_augment")
-        noise = augment.get("noise")
+        spec = self.data.augment.spec_augment
+        noise = self.data.augment.noise
         collator = Collator(
             compute_features=True,
             spec_augment=SpecAugment(**spec) if spec else None,
@@ -108,7 +114,7 @@ class SpeechDataModule(L.LightningDataModule):
         pipeline = SpeechDataPipeline(self.train_config, rank=rank, world_size=world)
         return build_dataloader(
             pipeline,
-            num_workers=int(self.data.get("num_workers", 0)),
+            num_workers=int(self.data.num_workers),
             collator=self.wrap_collator(collator, True),
             snapshot_every_n_steps=self.snapshot_every_n_batches,
         )
@@ -118,21 +124,20 @@ class SpeechDataModule(L.LightningDataModule):
             return []
         rank, world = self._rank_world()
         pipeline = SpeechDataPipeline(self.val_config, rank=rank, world_size=world)
-        workers = min(int(self.data.get("num_workers", 0)), 1)
+        workers = min(int(self.data.num_workers), 1)
         collator = self.wrap_collator(Collator(compute_features=True), False)
         return build_dataloader(pipeline, num_workers=workers, collator=collator)
 
 
-def _export(cfg: Mapping[str, Any], module: L.LightningModule, output_dir: Path) -> Path:
+def _export(cfg: RecipeConfig, module: L.LightningModule, output_dir: Path) -> Path:
     """The final model as a transformers folder: ``encoder_hf/`` (stage 1) or ``speech_llm_hf/``."""
-    if cfg.get("stage") == "ctc":
+    if cfg.stage == "ctc":
         from granite_train.models.export import export_hf_encoder
 
         return export_hf_encoder(module.encoder, output_dir / "encoder_hf")
     from granite_train.models.speech_export import export_speech_llm
 
-    merge = bool((cfg.get("export") or {}).get("merge_lora", True))
-    return export_speech_llm(module.model, output_dir / "speech_llm_hf", merge_lora=merge)
+    return export_speech_llm(module.model, output_dir / "speech_llm_hf", merge_lora=cfg.export.merge_lora)
 
 
 @dataclass
@@ -144,16 +149,15 @@ class TrainResult:
     counters: dict[str, float]
 
 
-def _wandb_logger(cfg: Mapping[str, Any], output_dir: Path, name: str):
-    mode = cfg.get("mode", "auto")
-    if mode == "disabled" or not cfg.get("enabled", True):
+def _wandb_logger(cfg: WandbConfig, output_dir: Path, name: str):
+    if cfg.mode == "disabled" or not cfg.enabled:
         return None
     try:
         from lightning.pytorch.loggers import WandbLogger
     except ImportError:  # pragma: no cover - wandb is a dependency
         log.warning("wandb is not installed: only the CSV log is written")
         return None
-    offline = mode == "offline" or (mode == "auto" and not os.environ.get("WANDB_API_KEY"))
+    offline = cfg.mode == "offline" or (cfg.mode == "auto" and not os.environ.get("WANDB_API_KEY"))
     if offline:
         log.info(
             "wandb: offline (no WANDB_API_KEY); sync later with `wandb sync %s/wandb/offline-run-*`",
@@ -161,8 +165,8 @@ def _wandb_logger(cfg: Mapping[str, Any], output_dir: Path, name: str):
         )
     return WandbLogger(
         name=name,
-        project=cfg.get("project", "granite-train"),
-        entity=cfg.get("entity"),
+        project=cfg.project,
+        entity=cfg.entity,
         save_dir=str(output_dir),
         offline=offline,
         log_model=False,
@@ -181,90 +185,91 @@ def _resume_path(resume: str | None, ckpt_dir: Path) -> str | None:
     return str(path)
 
 
-def train(cfg: Mapping[str, Any], extra_callbacks: list[L.Callback] | None = None) -> TrainResult:
-    """Run the stage named by ``cfg["stage"]`` (``ctc``) and return where its outputs are.
+def train(
+    cfg: RecipeConfig | Mapping[str, Any], extra_callbacks: list[L.Callback] | None = None
+) -> TrainResult:
+    """Run the stage named by ``cfg.stage`` (``ctc`` or ``speech_llm``) and return where its outputs are.
 
+    The whole config is checked first: an unknown key fails here, before any data is read.
     Process-wide torch settings it changes (deterministic algorithms, threads) are restored on return.
     """
+    recipe = load_recipe_config(cfg)
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     threads = torch.get_num_threads()
     try:
-        return _train(cfg, extra_callbacks or [])
+        return _train(recipe, extra_callbacks or [])
     finally:
         torch.use_deterministic_algorithms(was_deterministic)
         torch.set_num_threads(threads)
 
 
-def _build_stage(cfg: Mapping[str, Any], max_steps: int, seed: int, debug: Mapping[str, Any]):
+def _build_stage(cfg: RecipeConfig, max_steps: int):
     """The stage's LightningModule and its collator wrapper (stage 2 adds prompts and targets)."""
-    stage = cfg.get("stage")
-    if stage == "ctc":
+    if cfg.stage == "ctc":
         from granite_train.training.ctc_module import CTCPretrainModule
 
         module = CTCPretrainModule(
-            model=dict(cfg["model"]),
-            optim=dict(cfg["optim"]),
+            model=cfg.model,
+            optim=cfg.optim,
             total_steps=max_steps,
-            seed=seed,
-            val_normalizer=cfg.get("val_normalizer", "basic"),
-            fault_injection=debug.get("fault_injection"),
+            seed=cfg.seed,
+            val_normalizer=cfg.val_normalizer,
+            fault_injection=cfg.debug.fault_injection,
         )
         return module, None
-    if stage == "speech_llm":
-        from granite_train.data.prompts import PromptBuilder, PromptConfig, SpeechLLMCollator
-        from granite_train.models.encoder_cache import check_encoder_cache_allowed
-        from granite_train.training.speech_llm_module import SpeechLLMModule
+    from granite_train.data.prompts import PromptBuilder, SpeechLLMCollator
+    from granite_train.models.encoder_cache import check_encoder_cache_allowed
+    from granite_train.training.speech_llm_module import SpeechLLMModule
 
-        check_encoder_cache_allowed(cfg["model"], cfg.get("data") or {})
-        val = dict(cfg.get("validation") or {})
-        module = SpeechLLMModule(
-            model=dict(cfg["model"]),
-            optim=dict(cfg["optim"]),
-            total_steps=max_steps,
-            seed=seed,
-            val_normalizer=cfg.get("val_normalizer", "auto"),
-            val_generate_batches=int(val.get("generate_batches", 4)),
-            max_new_tokens=int(val.get("max_new_tokens", 64)),
-            fault_injection=debug.get("fault_injection"),
+    check_encoder_cache_allowed(to_plain(cfg.model), to_plain(cfg.data))
+    module = SpeechLLMModule(
+        model=cfg.model,
+        optim=cfg.optim,
+        total_steps=max_steps,
+        seed=cfg.seed,
+        val_normalizer=cfg.val_normalizer,
+        val_generate_batches=cfg.validation.generate_batches,
+        max_new_tokens=cfg.validation.max_new_tokens,
+        fault_injection=cfg.debug.fault_injection,
+    )
+    speech = module.model
+
+    def wrap(collator: Collator, train: bool) -> SpeechLLMCollator:
+        # evaluation prompts always use the first (published) instruction
+        config = cfg.prompts if train else replace(cfg.prompts, vary_instructions=False)
+        builder = PromptBuilder(
+            speech.tokenizer, config, speech.config.window_size, speech.config.downsample_rate, seed=cfg.seed
         )
-        speech = module.model
-        prompts = dict(cfg.get("prompts") or {})
+        return SpeechLLMCollator(builder, collator)
 
-        def wrap(collator: Collator, train: bool) -> SpeechLLMCollator:
-            config = PromptConfig(**{**prompts, **({} if train else {"vary_instructions": False})})
-            builder = PromptBuilder(
-                speech.tokenizer, config, speech.config.window_size, speech.config.downsample_rate, seed=seed
-            )
-            return SpeechLLMCollator(builder, collator)
-
-        return module, wrap
-    raise ValueError(f"unknown stage {stage!r}; this build trains: ctc, speech_llm")
+    return module, wrap
 
 
-def _train(cfg: Mapping[str, Any], extra_callbacks: list[L.Callback]) -> TrainResult:
+def _train(cfg: RecipeConfig, extra_callbacks: list[L.Callback]) -> TrainResult:
     from granite_train.training.callbacks import RankWeights, SampleLog, merge_metrics, plot_curves
 
-    output_dir = Path(cfg["output_dir"]).resolve()
+    output_dir = Path(cfg.output_dir).resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
     ckpt_dir = output_dir / "checkpoints"
-    seed = int(cfg.get("seed", 0))
-    tcfg = dict(cfg["trainer"])
-    debug = dict(cfg.get("debug") or {})
-    deterministic = bool(tcfg.get("deterministic", False))
+    seed = int(cfg.seed)
+    tcfg = cfg.trainer
+    debug = cfg.debug
+    deterministic = bool(tcfg.deterministic)
     for pattern in _QUIET:
         warnings.filterwarnings("ignore", message=pattern)
     L.seed_everything(seed, workers=True, verbose=False)
     if deterministic:
         torch.use_deterministic_algorithms(True, warn_only=False)
-    if tcfg.get("threads"):
-        torch.set_num_threads(int(tcfg["threads"]))
+    if tcfg.threads:
+        torch.set_num_threads(int(tcfg.threads))
+    precision = resolve_precision(tcfg.precision, tcfg.accelerator)
 
-    max_steps = int(tcfg["max_steps"])
-    accumulate = int(cfg["optim"].get("accumulate_grad_batches", 1))
-    module, wrap_collator = _build_stage(cfg, max_steps, seed, debug)
-    every = int(tcfg.get("checkpoint_every_n_steps", 1000))
+    max_steps = int(tcfg.max_steps)
+    accumulate = int(cfg.optim.accumulate_grad_batches)
+    module, wrap_collator = _build_stage(cfg, max_steps)
+    every = int(tcfg.checkpoint_every_n_steps)
     datamodule = SpeechDataModule(
-        cfg["data"], seed=seed, snapshot_every_n_batches=every * accumulate, wrap_collator=wrap_collator
+        cfg.data, seed=seed, snapshot_every_n_batches=every * accumulate, wrap_collator=wrap_collator
     )
 
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
@@ -276,7 +281,7 @@ def _train(cfg: Mapping[str, Any], extra_callbacks: list[L.Callback]) -> TrainRe
             filename="step{step:08d}",
             auto_insert_metric_name=False,
             every_n_train_steps=every,
-            save_top_k=int(tcfg.get("keep_checkpoints", 1)),
+            save_top_k=int(tcfg.keep_checkpoints),
             monitor="step",
             mode="max",
             save_last=True,
@@ -284,40 +289,38 @@ def _train(cfg: Mapping[str, Any], extra_callbacks: list[L.Callback]) -> TrainRe
         ),
     ]
     callbacks += extra_callbacks
-    progress_bar = bool(tcfg.get("enable_progress_bar", True))
+    progress_bar = bool(tcfg.enable_progress_bar)
     if progress_bar:
         # each refresh reads the logged metrics back (a host sync per value): every step that is
         # ~8% of a 2-core CPU step, every 10th step it is noise
-        callbacks.append(TQDMProgressBar(refresh_rate=int(tcfg.get("progress_bar_refresh_rate", 10))))
-    if debug.get("log_sample_ids"):
+        callbacks.append(TQDMProgressBar(refresh_rate=int(tcfg.progress_bar_refresh_rate)))
+    if debug.log_sample_ids:
         callbacks.append(SampleLog(output_dir))
-    if debug.get("save_rank_weights"):
+    if debug.save_rank_weights:
         callbacks.append(RankWeights(output_dir / "rank_weights"))
 
     # one CSV per launch (logs/version_N): Lightning's CSV logger truncates an existing file
     loggers: list = [CSVLogger(save_dir=str(output_dir), name="logs")]
-    wandb_logger = _wandb_logger(
-        dict((cfg.get("logger") or {}).get("wandb") or {}), output_dir, str(cfg.get("name"))
-    )
+    wandb_logger = _wandb_logger(cfg.logger.wandb, output_dir, str(cfg.name))
     if wandb_logger is not None:
         loggers.append(wandb_logger)
         callbacks.append(LearningRateMonitor(logging_interval="step"))
 
-    val_every = tcfg.get("val_every_n_steps")
+    val_every = tcfg.val_every_n_steps
     has_val = datamodule.val_config is not None and val_every
     trainer = L.Trainer(
         max_steps=max_steps,
         max_epochs=-1,
-        accelerator=tcfg.get("accelerator", "auto"),
-        devices=tcfg.get("devices", "auto"),
-        num_nodes=int(tcfg.get("num_nodes", 1)),
-        strategy=tcfg.get("strategy", "auto"),
-        precision=tcfg.get("precision", "32-true"),
+        accelerator=tcfg.accelerator,
+        devices=tcfg.devices,
+        num_nodes=int(tcfg.num_nodes),
+        strategy=tcfg.strategy,
+        precision=precision,
         val_check_interval=int(val_every) * accumulate if has_val else None,
         check_val_every_n_epoch=None,
-        limit_val_batches=tcfg.get("limit_val_batches", 1.0) if has_val else 0,
+        limit_val_batches=tcfg.limit_val_batches if has_val else 0,
         num_sanity_val_steps=0,
-        log_every_n_steps=int(tcfg.get("log_every_n_steps", 10)),
+        log_every_n_steps=int(tcfg.log_every_n_steps),
         callbacks=callbacks,
         logger=loggers,
         deterministic=deterministic,
@@ -326,13 +329,13 @@ def _train(cfg: Mapping[str, Any], extra_callbacks: list[L.Callback]) -> TrainRe
         default_root_dir=str(output_dir),
     )
     if trainer.is_global_zero:
-        with open(output_dir / "config.yaml", "w") as f:
-            yaml.safe_dump(dict(cfg), f, sort_keys=False)
-        if cfg.get("stage") == "speech_llm":  # tokenizer + processor: what export needs besides a ckpt
+        with open(output_dir / "config.yaml", "w") as f:  # every field, defaults included
+            yaml.safe_dump(to_plain(cfg), f, sort_keys=False)
+        if cfg.stage == "speech_llm":  # tokenizer + processor: what export needs besides a ckpt
             from granite_train.models.speech_export import save_processor
 
             save_processor(module.model, output_dir / "processor")
-    ckpt_path = _resume_path(cfg.get("resume", "auto"), ckpt_dir)
+    ckpt_path = _resume_path(cfg.resume, ckpt_dir)
     if ckpt_path:
         log.info("resuming from %s", ckpt_path)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
@@ -347,10 +350,10 @@ def _train(cfg: Mapping[str, Any], extra_callbacks: list[L.Callback]) -> TrainRe
             (output_dir / "logs").glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name[8:])
         )
         merged = merge_metrics(versions, output_dir / "metrics.csv")
-        png = merged and plot_curves(merged, output_dir / "curves.png", title=str(cfg.get("name", "")))
+        png = merged and plot_curves(merged, output_dir / "curves.png", title=str(cfg.name))
         if png:
             log.info("loss / CER curves: %s", png)
-    if trainer.is_global_zero and tcfg.get("export_hf", True):
+    if trainer.is_global_zero and tcfg.export_hf:
         _export(cfg, module, output_dir)
     last = ckpt_dir / "last.ckpt"
     return TrainResult(

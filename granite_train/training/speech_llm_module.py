@@ -9,37 +9,37 @@ and token accuracy on every batch, and greedy-decoding WER / CER on the first
 
 from __future__ import annotations
 
-import json
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
+from granite_train.models.checkpoints import SPEECH_LLM_KEY, speech_llm_metadata
+from granite_train.models.config import SpeechLLMModelConfig
 from granite_train.models.encoder_cache import EncoderOutputCache
-from granite_train.models.speech_llm import (
+from granite_train.models.speech_llm import build_speech_llm, format_counts
+from granite_train.training.config import OptimConfig
+from granite_train.training.speech_llm_losses import (
     AudioCTCHead,
-    build_speech_llm,
+    audio_ctc_loss,
+    audio_embed_loss,
+    audio_rms,
     corrupt_target_inputs,
-    format_counts,
 )
 from granite_train.training.step_module import StepSkippingModule
+from granite_train.typed_config import from_mapping, to_plain
 
 log = logging.getLogger(__name__)
-
-SPEECH_LLM_KEY = "speech_llm"
-
-
-def _json_safe(value: Any) -> Any:
-    return json.loads(
-        json.dumps(value, default=lambda v: sorted(v) if isinstance(v, (set, frozenset)) else str(v))
-    )
 
 
 class SpeechLLMModule(StepSkippingModule):
     """Joint projector + LoRA training of :class:`SpeechLLM`.
 
     Args:
-        model: a ``configs/model/speech_llm_*.yaml`` mapping (see :func:`build_speech_llm`).
+        model: :class:`~granite_train.models.config.SpeechLLMModelConfig` (or its mapping form);
+            its ``loss`` section sets the training-only objectives
+            (:mod:`~granite_train.training.speech_llm_losses`), which live here, not in the model.
         optim, total_steps, seed, fault_injection: see :class:`StepSkippingModule`.
         val_normalizer: normalizer of the validation WER (``auto``: Whisper English for en).
         val_generate_batches: validation batches decoded with greedy generation (0: loss only).
@@ -48,8 +48,8 @@ class SpeechLLMModule(StepSkippingModule):
 
     def __init__(
         self,
-        model: dict[str, Any],
-        optim: dict[str, Any],
+        model: SpeechLLMModelConfig | Mapping[str, Any],
+        optim: OptimConfig | Mapping[str, Any],
         total_steps: int,
         seed: int = 0,
         val_normalizer: str = "auto",
@@ -58,24 +58,26 @@ class SpeechLLMModule(StepSkippingModule):
         fault_injection: dict[str, Any] | None = None,
     ):
         super().__init__(optim, total_steps, seed=seed, fault_injection=fault_injection)
-        self.save_hyperparameters()
-        self.audio_ctc_weight = float((model.get("loss") or {}).get("audio_ctc_weight", 0.0))
-        if self.audio_ctc_weight < 0:
-            raise ValueError(f"model.loss.audio_ctc_weight must be >= 0, not {self.audio_ctc_weight}")
-        self.audio_embed_weight = float((model.get("loss") or {}).get("audio_embed_weight", 0.0))
-        if self.audio_embed_weight < 0:
-            raise ValueError(f"model.loss.audio_embed_weight must be >= 0, not {self.audio_embed_weight}")
-        if self.audio_embed_weight > 0 and self.audio_ctc_weight <= 0:
-            raise ValueError(
-                "model.loss.audio_embed_weight reads its targets from the audio-token CTC head: "
-                "set model.loss.audio_ctc_weight > 0 too"
-            )
-        self.target_token_noise = float((model.get("loss") or {}).get("target_token_noise", 0.0))
-        if not 0.0 <= self.target_token_noise < 1.0:
-            raise ValueError(f"model.loss.target_token_noise must be in [0, 1), not {self.target_token_noise}")
+        model = from_mapping(SpeechLLMModelConfig, model, "model")
+        # plain data only: checkpoints are read back with torch.load(weights_only=True)
+        self.save_hyperparameters(
+            {
+                "model": to_plain(model),
+                "optim": to_plain(self.optim_cfg),
+                "total_steps": total_steps,
+                "seed": seed,
+                "val_normalizer": val_normalizer,
+                "val_generate_batches": val_generate_batches,
+                "max_new_tokens": max_new_tokens,
+                "fault_injection": fault_injection,
+            }
+        )
+        self.audio_ctc_weight = float(model.loss.audio_ctc_weight)
+        self.audio_embed_weight = float(model.loss.audio_embed_weight)
+        self.target_token_noise = float(model.loss.target_token_noise)
         self.model = build_speech_llm(model)
         self.encoder_cache = None
-        cache_gb = float(model.get("encoder_cache_gb") or 0)
+        cache_gb = float(model.encoder_cache_gb or 0)
         if cache_gb > 0:
             if "encoder" not in self.model.frozen:
                 raise ValueError("model.encoder_cache_gb needs a frozen encoder (model.train.encoder=false)")
@@ -118,7 +120,9 @@ class SpeechLLMModule(StepSkippingModule):
     def compute_loss(self, batch):
         input_ids = batch.input_ids
         if self.training and self.target_token_noise > 0:
-            input_ids = corrupt_target_inputs(input_ids, batch.labels, self.target_token_noise, self.noise_tokens)
+            input_ids = corrupt_target_inputs(
+                input_ids, batch.labels, self.target_token_noise, self.noise_tokens
+            )
         hidden = None
         if self.training and self.encoder_cache is not None:
             hidden = self.encoder_cache(batch.ids, batch.features, batch.feature_lengths, self.model.encode)
@@ -130,22 +134,30 @@ class SpeechLLMModule(StepSkippingModule):
             batch.features,
             batch.feature_lengths,
             batch.labels,
-            audio_ctc_head=self.audio_ctc_head,
-            audio_ctc_weight=self.audio_ctc_weight,
-            audio_embed_weight=self.audio_embed_weight,
             encoder_hidden=hidden,
         )
         self.counters["target_tokens"] += out.num_tokens
-        extra = {"token_acc": out.num_correct / out.num_tokens, "lm_loss": out.lm_loss}
-        if out.audio_rms is not None:
-            extra["audio_rms"] = out.audio_rms
-        if out.audio_ctc_loss is not None:
-            extra["audio_ctc_loss"] = out.audio_ctc_loss
-        if out.audio_embed_loss is not None:
-            extra["audio_embed_loss"] = out.audio_embed_loss
-        if out.audio_ctc_dropped:
-            self.counters["skipped/audio_ctc_too_short"] += out.audio_ctc_dropped
-        return out.loss, extra
+        loss = out.loss
+        extra = {"token_acc": out.num_correct / out.num_tokens, "lm_loss": out.loss.detach()}
+        rms = audio_rms(out.audio_embeds, out.audio_token_counts)
+        if rms is not None:
+            extra["audio_rms"] = rms
+        if self.audio_ctc_head is not None:
+            audio, counts = out.audio_embeds, out.audio_token_counts
+            ctc, dropped = audio_ctc_loss(
+                audio, counts, batch.labels, self.audio_ctc_head, blank=self.tokenizer.pad_token_id
+            )
+            if dropped:
+                self.counters["skipped/audio_ctc_too_short"] += dropped
+            if ctc is not None:
+                loss = loss + self.audio_ctc_weight * ctc
+                extra["audio_ctc_loss"] = ctc.detach()
+            if self.audio_embed_weight > 0:
+                table = self.model.hf.get_input_embeddings().weight
+                pull = audio_embed_loss(audio, counts, self.audio_ctc_head, table)
+                loss = loss + self.audio_embed_weight * pull
+                extra["audio_embed_loss"] = pull.detach()
+        return loss, extra
 
     # ------------------------------------------------------------------------------------------
     # validation
@@ -198,11 +210,7 @@ class SpeechLLMModule(StepSkippingModule):
     # ------------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
-        hf = self.model.hf
-        lora = None
-        if self.model.has_lora:
-            lora = _json_safe(hf.peft_config[next(iter(hf.peft_config))].to_dict())
-        checkpoint[SPEECH_LLM_KEY] = {"config": _json_safe(hf.config.to_dict()), "lora": lora}
+        checkpoint[SPEECH_LLM_KEY] = speech_llm_metadata(self.model)
 
 
 __all__ = ["SPEECH_LLM_KEY", "SpeechLLMModule"]

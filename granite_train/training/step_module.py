@@ -22,26 +22,28 @@ import logging
 import math
 import zlib
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
 import lightning as L
 import torch
 
+from granite_train.models.checkpoints import TRAINING_STATE_KEY
+from granite_train.training.config import OptimConfig
 from granite_train.training.schedules import build_schedule
+from granite_train.typed_config import from_mapping
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_KEY = "granite_train"
+CHECKPOINT_KEY = TRAINING_STATE_KEY
 
 
 class StepSkippingModule(L.LightningModule):
     """Base of the stage modules (see the module docstring).
 
     Args:
-        optim: ``{lr, weight_decay, betas, eps, grad_clip, accumulate_grad_batches,
-            schedule: {name, ...schedule arguments}}`` (see :mod:`granite_train.training.schedules`).
+        optim: :class:`~granite_train.training.config.OptimConfig` (or its mapping form).
         total_steps: optimizer steps of the run (the LR schedule's length).
         seed: base seed of the dropout draws.
         fault_injection: test hook: ``{"nan_loss_at_steps": [..]}`` makes those steps' loss NaN.
@@ -49,17 +51,15 @@ class StepSkippingModule(L.LightningModule):
 
     def __init__(
         self,
-        optim: dict[str, Any],
+        optim: OptimConfig | Mapping[str, Any],
         total_steps: int,
         seed: int = 0,
         fault_injection: dict[str, Any] | None = None,
     ):
         super().__init__()
         self.automatic_optimization = False
-        self.optim_cfg = dict(optim)
-        self.accumulate = int(self.optim_cfg.get("accumulate_grad_batches", 1))
-        if self.accumulate < 1:
-            raise ValueError("optim.accumulate_grad_batches must be >= 1")
+        self.optim_cfg = from_mapping(OptimConfig, optim, "optim")
+        self.accumulate = int(self.optim_cfg.accumulate_grad_batches)
         self.total_steps = int(total_steps)
         self.seed = int(seed)
         self.nan_steps = set((fault_injection or {}).get("nan_loss_at_steps", []))
@@ -83,13 +83,13 @@ class StepSkippingModule(L.LightningModule):
     # ------------------------------------------------------------------------------------------
     def configure_optimizers(self):
         cfg = self.optim_cfg
-        weight_decay = float(cfg.get("weight_decay", 0.01))
+        weight_decay = float(cfg.weight_decay)
         # Per-module settings, keyed by a parameter-name substring (the first matching pattern wins):
         # optim.lr_scale multiplies the LR (a new projector learns faster than the pretrained LLM it
         # feeds); optim.start_step holds a part at LR 0 for its first steps (the projector learns to
         # write what the LLM reads before the LLM adapts to it, as LLaVA's alignment stage does).
-        lr_scale = {str(k): float(v) for k, v in (cfg.get("lr_scale") or {}).items()}
-        start_step = {str(k): int(v) for k, v in (cfg.get("start_step") or {}).items()}
+        lr_scale = {str(k): float(v) for k, v in (cfg.lr_scale or {}).items()}
+        start_step = {str(k): int(v) for k, v in (cfg.start_step or {}).items()}
         bad = {k: v for k, v in lr_scale.items() if not v > 0}
         if bad:
             raise ValueError(f"optim.lr_scale factors must be > 0, got {bad}")
@@ -120,20 +120,19 @@ class StepSkippingModule(L.LightningModule):
         unmatched = [f"{option}.{k}" for (option, k), n in matched.items() if n == 0]
         if unmatched:  # a recipe may name a part that this run does not train (e.g. no CTC head)
             log.warning("optim patterns that match no trainable parameter (ignored): %s", unmatched)
-        lr = float(cfg["lr"])
+        lr = float(cfg.lr)
         keys = list(groups)
-        fused = cfg.get("fused", "auto")
+        fused = cfg.fused
         if fused == "auto":  # one kernel for all parameters: ~3x faster than the per-tensor loop
             fused = all(p.device.type in ("cpu", "cuda") for g in groups.values() for p in g)
         optimizer = torch.optim.AdamW(
             [{"params": groups[k], "weight_decay": k[0], "lr": lr * k[1]} for k in keys],
             lr=lr,
-            betas=tuple(cfg.get("betas", (0.9, 0.98))),
-            eps=float(cfg.get("eps", 1e-8)),
+            betas=tuple(cfg.betas),
+            eps=float(cfg.eps),
             fused=bool(fused),
         )
-        schedule_cfg = dict(cfg.get("schedule") or {"name": "constant"})
-        schedule = build_schedule(schedule_cfg.pop("name"), self.total_steps, lr, **schedule_cfg)
+        schedule = build_schedule(cfg.schedule.name, self.total_steps, lr, **cfg.schedule.arguments())
         self._schedule = schedule  # the base LR's, logged as train/lr
 
         def delayed(start: int):
@@ -188,7 +187,7 @@ class StepSkippingModule(L.LightningModule):
         self._micro = 0
         optimizer = self.optimizers()
         scheduler = self.lr_schedulers()
-        clip = self.optim_cfg.get("grad_clip")
+        clip = self.optim_cfg.grad_clip
         params = [p for p in self.parameters() if p.grad is not None]
         max_norm = float(clip) if clip else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm) if params else torch.zeros(())
@@ -211,7 +210,7 @@ class StepSkippingModule(L.LightningModule):
         # optim.lr on its schedule; parts with an lr_scale / start_step follow it by their factor
         self.log(
             "train/lr",
-            float(self.optim_cfg["lr"]) * self._schedule(scheduler.last_epoch),
+            float(self.optim_cfg.lr) * self._schedule(scheduler.last_epoch),
             prog_bar=True,
             batch_size=bsz,
         )

@@ -14,8 +14,8 @@ from granite_train.data.prompts import (
     PromptConfig,
     SpeechLLMCollator,
 )
-from granite_train.models.speech_llm import IGNORE_INDEX, audio_token_count
-from granite_train.models.tiny_llm import AUDIO_TOKEN, train_bpe_tokenizer
+from granite_train.models.tiny_llm import train_bpe_tokenizer
+from granite_train.speech_format import AUDIO_TOKEN, IGNORE_INDEX, audio_token_count
 
 SENTENCES = [
     "alpha bravo charlie delta echo foxtrot golf hotel",

@@ -18,7 +18,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from granite_train.cli import load_recipe, main
+from granite_train.cli import main
+from granite_train.recipes import load_recipe
 from granite_train.training.callbacks import read_metrics_csv
 from granite_train.training.run import train
 from granite_train.training.schedules import TriangularSchedule, build_schedule
@@ -28,8 +29,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # A model and batches small enough for a step to take a few tens of milliseconds on one core.
 TINY = [
-    "model.encoder.num_layers=2", "model.encoder.hidden_dim=48", "model.encoder.num_heads=2",
-    "model.encoder.dim_head=24", "model.encoder.conv_kernel_size=5",
+    "model.encoder.num_layers=2",
+    "model.encoder.hidden_dim=48",
+    "model.encoder.num_heads=2",
+    "model.encoder.dim_head=24",
+    "model.encoder.conv_kernel_size=5",
     "data.train.max_frames=600",
     "data.train.shuffle_buffer=16",
     "data.train.num_buckets=2",
@@ -142,14 +146,22 @@ def test_nonfinite_loss_skips_the_step_and_is_counted(corpus, tmp_path):
     assert watch.changed == [True, True, False, True, True, True]
     rows = read_metrics_csv(tmp_path / "metrics.csv")
     assert max(r.get("train/nonfinite_steps", 0) for r in rows) == 1
-    assert all(torch.isfinite(p).all() for p in torch.load(
-        tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"].values())
+    assert all(
+        torch.isfinite(p).all()
+        for p in torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"].values()
+    )
 
 
 def test_run_writes_logs_curves_checkpoint_and_hf_export(corpus, tmp_path):
     cfg = load_recipe(
         "ctc_tiny_en",
-        _overrides(corpus, tmp_path, "trainer.max_steps=6", "trainer.val_every_n_steps=3", "trainer.checkpoint_every_n_steps=3"),
+        _overrides(
+            corpus,
+            tmp_path,
+            "trainer.max_steps=6",
+            "trainer.val_every_n_steps=3",
+            "trainer.checkpoint_every_n_steps=3",
+        ),
     )
     result = train(cfg)
     assert result.global_step == 6
@@ -170,7 +182,7 @@ def test_run_writes_logs_curves_checkpoint_and_hf_export(corpus, tmp_path):
     from transformers import GraniteSpeechCTCEncoder
 
     ref = GraniteSpeechCTCEncoder.from_pretrained(tmp_path / "encoder_hf").eval()
-    weights = {k[len("encoder."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("encoder.")}
+    weights = {k[len("encoder.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("encoder.")}
     for key, value in ref.state_dict().items():
         assert torch.equal(value, weights[key]), key
 
@@ -206,10 +218,17 @@ def test_cli_train_cfg_job_and_recipe_errors(capsys):
     with pytest.raises(SystemExit):
         main(["train", "recipe=does_not_exist"])
     assert "unknown recipe" in capsys.readouterr().err
-    out = subprocess.run(_cli("optim.lr=0.123", "model.encoder.num_layers=6", "--cfg", "job"), env=_env(),
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        _cli("optim.lr=0.123", "model.encoder.num_layers=6", "--cfg", "job"),
+        env=_env(),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     cfg = yaml.safe_load(out)
-    assert cfg["optim"]["lr"] == 0.123 and cfg["model"]["encoder"]["num_layers"] == 6 and cfg["stage"] == "ctc"
+    assert (
+        cfg["optim"]["lr"] == 0.123 and cfg["model"]["encoder"]["num_layers"] == 6 and cfg["stage"] == "ctc"
+    )
     help_text = subprocess.run(_cli("--help"), env=_env(), capture_output=True, text=True, check=True).stdout
     assert "granite-train train" in help_text and "trainer" in help_text
 
@@ -240,14 +259,27 @@ RESUME = [
 
 def test_kill_9_then_resume_is_bit_identical(corpus, tmp_path):
     ref, killed = tmp_path / "ref", tmp_path / "killed"
-    subprocess.run(_cli(*_overrides(corpus, ref, *RESUME)), env=_env(), check=True, cwd=tmp_path,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=300)
+    subprocess.run(
+        _cli(*_overrides(corpus, ref, *RESUME)),
+        env=_env(),
+        check=True,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        timeout=300,
+    )
 
     kill_after = random.randint(2, 10)  # micro-batches seen before the kill
     # own session: the kill takes the loader worker too, as a job scheduler's would (a worker
     # orphaned by killing the trainer alone can linger)
-    proc = subprocess.Popen(_cli(*_overrides(corpus, killed, *RESUME)), env=_env(), cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        _cli(*_overrides(corpus, killed, *RESUME)),
+        env=_env(),
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.time() + 300
     while len(_samples(killed)) < kill_after and proc.poll() is None and time.time() < deadline:
         time.sleep(0.01)
@@ -257,15 +289,24 @@ def test_kill_9_then_resume_is_bit_identical(corpus, tmp_path):
     interrupted = len(_samples(killed))
     assert interrupted < 12
     # the same command again resumes from checkpoints/last.ckpt (resume=auto)
-    subprocess.run(_cli(*_overrides(corpus, killed, *RESUME)), env=_env(), check=True, cwd=tmp_path,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=300)
+    subprocess.run(
+        _cli(*_overrides(corpus, killed, *RESUME)),
+        env=_env(),
+        check=True,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        timeout=300,
+    )
 
     a = torch.load(ref / "checkpoints" / "last.ckpt", weights_only=True)
     b = torch.load(killed / "checkpoints" / "last.ckpt", weights_only=True)
     assert a["global_step"] == b["global_step"] == 12
     for key, value in a["state_dict"].items():
         assert torch.equal(value, b["state_dict"][key]), f"{key} differs (killed after {interrupted} batches)"
-    for p_a, p_b in zip(a["optimizer_states"][0]["state"].values(), b["optimizer_states"][0]["state"].values()):
+    for p_a, p_b in zip(
+        a["optimizer_states"][0]["state"].values(), b["optimizer_states"][0]["state"].values()
+    ):
         assert torch.equal(p_a["exp_avg"], p_b["exp_avg"])
     # every step trained on exactly the batch the uninterrupted run used: nothing twice, nothing skipped
     assert _effective(_samples(killed)) == _effective(_samples(ref))
@@ -282,12 +323,27 @@ def _free_port() -> int:
 def test_ddp_two_processes_gloo(corpus, tmp_path):
     out = tmp_path / "ddp"
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-        "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
-        "-m", "granite_train.cli", "train", "recipe=ctc_tiny_en",
-        *_overrides(corpus, out, "trainer.max_steps=4", "trainer.devices=2", "trainer.strategy=ddp",
-                    "trainer.val_every_n_steps=2", "trainer.export_hf=false",
-                    "debug.log_sample_ids=true", "debug.save_rank_weights=true"),
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_addr=127.0.0.1",
+        f"--master_port={_free_port()}",
+        "-m",
+        "granite_train.cli",
+        "train",
+        "recipe=ctc_tiny_en",
+        *_overrides(
+            corpus,
+            out,
+            "trainer.max_steps=4",
+            "trainer.devices=2",
+            "trainer.strategy=ddp",
+            "trainer.val_every_n_steps=2",
+            "trainer.export_hf=false",
+            "debug.log_sample_ids=true",
+            "debug.save_rank_weights=true",
+        ),
     ]
     proc = subprocess.run(cmd, env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -312,8 +368,16 @@ def test_wandb_logs_offline_without_api_key(corpus, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     cfg = load_recipe(
         "ctc_tiny_en",
-        [*_overrides(corpus, tmp_path, "trainer.max_steps=2", "trainer.val_every_n_steps=null",
-                     "trainer.export_hf=false"), "logger=default"],
+        [
+            *_overrides(
+                corpus,
+                tmp_path,
+                "trainer.max_steps=2",
+                "trainer.val_every_n_steps=null",
+                "trainer.export_hf=false",
+            ),
+            "logger=default",
+        ],
     )
     train(cfg)
     runs = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))

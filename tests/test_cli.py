@@ -10,8 +10,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from granite_train.cli import COMMANDS, CONFIG_DIR, available_recipes, load_recipe
+from granite_train.cli import COMMANDS
 from granite_train.data.builders import build_pipeline_config
+from granite_train.recipes import CONFIG_DIR, available_recipes, load_recipe
 
 DATA_CONFIGS = sorted(p.stem for p in (CONFIG_DIR / "data").glob("*.yaml"))
 # commands whose config streams a `data` group (eval and export have none: tests/test_eval_run.py)
@@ -43,7 +44,10 @@ def test_unknown_data_field_is_a_clear_error():
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "granite_train.cli", *args], capture_output=True, text=True, timeout=300,
+        [sys.executable, "-m", "granite_train.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
         cwd=Path(__file__).resolve().parents[1],
     )
 

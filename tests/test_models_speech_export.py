@@ -15,29 +15,21 @@ from transformers import AutoModelForSpeechSeq2Seq, AutoProcessor, GraniteSpeech
 from granite_train.audio.features import LogMelFeatures
 from granite_train.audio.io import load_audio
 from granite_train.cli import main
+from granite_train.models.checkpoints import checkpoint_stage, speech_llm_metadata
+from granite_train.models.config import LoraSettings
 from granite_train.models.encoder import CTCEncoder, encoder_config
 from granite_train.models.speech_export import (
     SpeechExportError,
-    checkpoint_metadata,
-    checkpoint_stage,
     export_speech_checkpoint,
     export_speech_llm,
     save_processor,
 )
-from granite_train.models.speech_llm import (
-    AUDIO_TOKEN,
-    IGNORE_INDEX,
-    LoraSettings,
-    SpeechLLM,
-    assemble_speech_llm,
-    audio_token_count,
-    load_speech_llm,
-    merge_lora,
-    projector_tokens,
-)
+from granite_train.models.speech_llm import SpeechLLM, assemble_speech_llm, load_speech_llm
 from granite_train.models.tiny_llm import build_tiny_llm
+from granite_train.speech_format import AUDIO_TOKEN, IGNORE_INDEX, audio_token_count, projector_tokens
 from tests.conftest import FSDD_DIR
 from tests.corpus import speechlike
+from tests.lora_reference import peft_merge_lora
 
 PROMPT_CHAT = [
     {"role": "user", "content": f"{AUDIO_TOKEN}can you transcribe the speech into a written format?"}
@@ -174,7 +166,7 @@ def test_merged_export_runs_in_plain_transformers_like_our_model(speech, exports
         reference = GraniteSpeechForConditionalGeneration(model.config)
     assert model.state_dict().keys() == reference.state_dict().keys()
     # the weights are the merged ones, and the training model still has its adapter
-    merged = merge_lora(copy.deepcopy(speech)).hf.state_dict()
+    merged = peft_merge_lora(copy.deepcopy(speech)).hf.state_dict()
     assert speech.has_lora and merged.keys() == model.state_dict().keys()
     for key, value in model.state_dict().items():
         assert torch.allclose(value, merged[key], atol=1e-6, rtol=0), key
@@ -364,7 +356,7 @@ def _stage2_ckpt(speech: SpeechLLM, run_dir):
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     ckpt.parent.mkdir(parents=True)
     state = {f"model.{k}": v.clone() for k, v in speech.state_dict().items()}
-    torch.save({"state_dict": state, "speech_llm": checkpoint_metadata(speech), "global_step": 7}, ckpt)
+    torch.save({"state_dict": state, "speech_llm": speech_llm_metadata(speech), "global_step": 7}, ckpt)
     return ckpt
 
 

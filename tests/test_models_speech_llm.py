@@ -12,20 +12,24 @@ from transformers import AutoModelForCausalLM, GraniteSpeechForConditionalGenera
 from granite_train.data.collate import Collator
 from granite_train.data.prepare import Example
 from granite_train.data.prompts import ASR_INSTRUCTIONS, PromptBuilder, PromptConfig, SpeechLLMCollator
+from granite_train.models.config import LoraSettings
 from granite_train.models.encoder import CTCEncoder, encoder_config
 from granite_train.models.export import export_hf_encoder, read_hf_folder
 from granite_train.models.speech_llm import (
-    AUDIO_TOKEN,
-    IGNORE_INDEX,
-    AudioCTCHead,
-    LoraSettings,
     SpeechLLM,
     assemble_speech_llm,
     build_speech_llm,
     load_speech_llm,
-    merge_lora,
 )
 from granite_train.models.tiny_llm import EOS_TOKEN, PAD_TOKEN, build_tiny_llm
+from granite_train.speech_format import AUDIO_TOKEN, IGNORE_INDEX
+from granite_train.training.speech_llm_losses import (
+    AudioCTCHead,
+    audio_ctc_loss,
+    audio_embed_loss,
+    corrupt_target_inputs,
+)
+from tests.lora_reference import peft_merge_lora
 
 WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel"]
 SENTENCES = [" ".join(WORDS[i:] + WORDS[:i]) for i in range(8)] * 3 + [
@@ -137,7 +141,7 @@ def test_tiny_llm_attention_uses_the_standard_softmax_scale(parts):
 
 
 def test_copy_row_layout():
-    from granite_train.models.tiny_llm import copy_row
+    from data_prep.base_llm import copy_row
 
     prompt, audio, blank, eos = [5, 6, 99, 7, 8], 99, 0, 1
     target = [11, 12, 13, 14]
@@ -162,7 +166,7 @@ def test_pretraining_mixes_copy_rows_and_saves(tmp_path):
     (That copy rows teach the tiny LLM to read takes minutes: RESULTS.md, the copy probe.)"""
     from safetensors.torch import load_file
 
-    from granite_train.models.tiny_llm import pretrain_text_lm
+    from data_prep.base_llm import pretrain_text_lm
 
     llm = build_tiny_llm(tmp_path / "llm", SENTENCES, preset="micro", vocab_size=300)
     before = load_file(llm / "model.safetensors")
@@ -181,7 +185,7 @@ def test_pretraining_mixes_copy_rows_and_saves(tmp_path):
 
 def test_base_llm_build_is_reused_only_for_the_same_settings(tmp_path, capsys):
     """A re-run demo must not rebuild (and so change) the LLM under a resumed stage 2."""
-    from granite_train.models.tiny_llm import PRETRAINING_RECORD, build_base_llm
+    from data_prep.base_llm import PRETRAINING_RECORD, build_base_llm
 
     out = tmp_path / "llm"
     args = dict(
@@ -293,25 +297,22 @@ def _ctc_head(speech: SpeechLLM, seed: int = 3) -> AudioCTCHead:
     return AudioCTCHead(speech.config.text_config.hidden_size, len(speech.tokenizer))
 
 
+def _audio_ctc(speech, out, labels, head):
+    return audio_ctc_loss(
+        out.audio_embeds, out.audio_token_counts, labels, head, blank=speech.tokenizer.pad_token_id
+    )
+
+
 def test_audio_ctc_equals_ctc_of_each_utterance(speech):
     examples = _examples((16000, 12000, 24000))
     batch = _collate(speech, examples)
     head = _ctc_head(speech)
     with torch.no_grad():
-        plain = _loss(speech, batch)
-        out = speech(
-            batch.input_ids,
-            batch.attention_mask,
-            batch.features,
-            batch.feature_lengths,
-            batch.labels,
-            audio_ctc_head=head,
-            audio_ctc_weight=0.5,
-        )
+        out = _loss(speech, batch)
+        ctc, dropped = _audio_ctc(speech, out, batch.labels, head)
         audio, counts = speech.audio_embeds(batch.features, batch.feature_lengths)
-    assert out.audio_ctc_dropped == 0 and out.audio_ctc_loss is not None
-    assert float(out.lm_loss) == pytest.approx(float(plain.loss), abs=1e-6)
-    assert float(out.loss) == pytest.approx(float(out.lm_loss) + 0.5 * float(out.audio_ctc_loss), abs=1e-5)
+    assert dropped == 0 and ctc is not None
+    assert torch.equal(out.audio_embeds, audio) and torch.equal(out.audio_token_counts, counts)
     # by hand, one utterance at a time: pad token as blank, targets = labelled tokens minus EOS
     total, n_targets = 0.0, 0
     for i in range(len(examples)):
@@ -331,7 +332,7 @@ def test_audio_ctc_equals_ctc_of_each_utterance(speech):
             )
         )
         n_targets += len(target)
-    assert float(out.audio_ctc_loss) == pytest.approx(total / n_targets, rel=1e-4)
+    assert float(ctc) == pytest.approx(total / n_targets, rel=1e-4)
     # the head is blind to the audio tokens' scale
     with torch.no_grad():
         assert torch.allclose(head(3.0 * audio), head(audio), atol=2e-3)  # up to the LayerNorm eps
@@ -360,33 +361,25 @@ def test_audio_ctc_drops_and_counts_utterances_it_cannot_align(speech):
 
     def run(labels):
         with torch.no_grad():
-            return speech(
-                input_ids,
-                attention_mask,
-                batch.features,
-                batch.feature_lengths,
-                labels,
-                audio_ctc_head=head,
-                audio_ctc_weight=1.0,
-            )
+            out = speech(input_ids, attention_mask, batch.features, batch.feature_lengths, labels)
+            return _audio_ctc(speech, out, labels, head)
 
     with torch.no_grad():
         audio, counts = speech.audio_embeds(batch.features, batch.feature_lengths)
-        first_alone, dropped = speech.audio_ctc_loss(audio[:1], counts[:1], wide[:1], head)
+        first_alone, dropped = audio_ctc_loss(
+            audio[:1], counts[:1], wide[:1], head, blank=speech.tokenizer.pad_token_id
+        )
     assert dropped == 0 and counts.tolist() == n_audio
     # more target tokens than audio tokens: left out and counted; the CTC term is the other row's
-    out = run(_with_target(wide, 1, [5, 6] * n_audio[1]))
-    assert out.audio_ctc_dropped == 1
-    assert float(out.audio_ctc_loss) == pytest.approx(float(first_alone), rel=1e-5)
-    assert float(out.loss) == pytest.approx(float(out.lm_loss) + float(first_alone), rel=1e-5)
+    ctc, dropped = run(_with_target(wide, 1, [5, 6] * n_audio[1]))
+    assert dropped == 1
+    assert float(ctc) == pytest.approx(float(first_alone), rel=1e-5)
     # as many tokens as audio tokens, but repeats need blanks between them: not alignable either
-    assert run(_with_target(wide, 1, [5] * n_audio[1])).audio_ctc_dropped == 1
-    assert run(_with_target(wide, 1, [5, 6] * (n_audio[1] // 2))).audio_ctc_dropped == 0  # fits
-    # nothing alignable: no CTC term at all, the loss is the LM loss
+    assert run(_with_target(wide, 1, [5] * n_audio[1]))[1] == 1
+    assert run(_with_target(wide, 1, [5, 6] * (n_audio[1] // 2)))[1] == 0  # fits
+    # nothing alignable: no CTC term at all
     labels = _with_target(_with_target(wide, 0, [5] * n_audio[0]), 1, [5] * n_audio[1])
-    none_left = run(labels)
-    assert none_left.audio_ctc_dropped == 2 and none_left.audio_ctc_loss is None
-    assert float(none_left.loss) == float(none_left.lm_loss)
+    assert run(labels) == (None, 2)
 
 
 def test_audio_ctc_trains_projector_and_head_not_the_llm(parts):
@@ -395,7 +388,7 @@ def test_audio_ctc_trains_projector_and_head_not_the_llm(parts):
     head = _ctc_head(speech)
     batch = _collate(speech, _examples((16000, 24000)))
     audio, counts = speech.audio_embeds(batch.features, batch.feature_lengths)
-    ctc, dropped = speech.audio_ctc_loss(audio, counts, batch.labels, head)
+    ctc, dropped = audio_ctc_loss(audio, counts, batch.labels, head, blank=speech.tokenizer.pad_token_id)
     assert dropped == 0
     ctc.backward()
     llm = [p for p in speech.language_model.parameters() if p.requires_grad]
@@ -412,7 +405,8 @@ def test_audio_embed_loss_pulls_only_the_projector_to_the_embeddings_the_head_re
     head = _ctc_head(speech)
     batch = _collate(speech, _examples((16000, 9000)))
     audio, counts = speech.audio_embeds(batch.features, batch.feature_lengths)
-    pull = speech.audio_embed_loss(audio, counts, head)
+    embeddings = speech.hf.get_input_embeddings().weight
+    pull = audio_embed_loss(audio, counts, head, embeddings)
     # by hand: real audio tokens only, target = head posterior x embedding table
     table = speech.hf.get_input_embeddings().weight.detach()
     total, n = 0.0, 0
@@ -427,7 +421,7 @@ def test_audio_embed_loss_pulls_only_the_projector_to_the_embeddings_the_head_re
     assert counts[1] < audio.shape[1]
     moved = audio.detach().clone()
     moved[1, counts[1] :] += 5.0
-    assert float(speech.audio_embed_loss(moved, counts, head)) == pytest.approx(float(pull), rel=1e-6)
+    assert float(audio_embed_loss(moved, counts, head, embeddings)) == pytest.approx(float(pull), rel=1e-6)
     # tokens that are already the embeddings the head reads cost nothing
     with torch.no_grad():
         hard = torch.zeros_like(audio)
@@ -436,7 +430,7 @@ def test_audio_embed_loss_pulls_only_the_projector_to_the_embeddings_the_head_re
         head.proj.weight.zero_()
         head.proj.bias.fill_(-30.0)
         head.proj.bias[speech.tokenizer.pad_token_id] = 30.0  # the head reads blank everywhere
-    assert float(speech.audio_embed_loss(hard, counts, head)) < 1e-8
+    assert float(audio_embed_loss(hard, counts, head, embeddings)) < 1e-8
     # the gradient reaches the projector only: the posterior and the table are constants
     pull.backward()
     assert float(speech.projector.linear.weight.grad.abs().max()) > 0
@@ -447,15 +441,40 @@ def test_audio_embed_loss_pulls_only_the_projector_to_the_embeddings_the_head_re
 def test_audio_embed_weight_needs_the_ctc_head(parts, tmp_path):
     from granite_train.training.speech_llm_module import SpeechLLMModule
 
-    model = dict(encoder=str(parts["encoder"]), llm=str(parts["llm"]), lora=None,
-                 loss={"audio_ctc_weight": 0.0, "audio_embed_weight": 1.0})
+    model = dict(
+        encoder=str(parts["encoder"]),
+        llm=str(parts["llm"]),
+        lora=None,
+        loss={"audio_ctc_weight": 0.0, "audio_embed_weight": 1.0},
+    )
     with pytest.raises(ValueError, match="audio_ctc_weight"):
         SpeechLLMModule(model, {"lr": 1e-3}, total_steps=10)
 
 
-def test_target_token_noise_replaces_only_target_inputs():
-    from granite_train.models.speech_llm import corrupt_target_inputs
+def test_stage2_module_adds_the_auxiliary_losses_the_exported_model_does_not_carry(parts):
+    from granite_train.training.speech_llm_module import SpeechLLMModule
 
+    model = dict(encoder=str(parts["encoder"]), llm=str(parts["llm"]), lora=None, projector=PROJ,
+                 train={"projector": True, "llm": True},
+                 loss={"audio_ctc_weight": 0.5, "audio_embed_weight": 0.25})  # fmt: skip
+    module = SpeechLLMModule(model, {"lr": 1e-3}, total_steps=10)
+    batch = _collate(module.model, _examples((16000, 12000)))
+    with torch.no_grad():
+        loss, extra = module.compute_loss(batch)
+        out = _loss(module.model, batch)
+        ctc, _ = _audio_ctc(module.model, out, batch.labels, module.audio_ctc_head)
+        embeddings = module.model.hf.get_input_embeddings().weight
+        pull = audio_embed_loss(out.audio_embeds, out.audio_token_counts, module.audio_ctc_head, embeddings)
+    expected = float(out.loss) + 0.5 * float(ctc) + 0.25 * float(pull)
+    assert float(loss) == pytest.approx(expected, rel=1e-6)
+    assert float(extra["lm_loss"]) == pytest.approx(float(out.loss), rel=1e-6)
+    assert float(extra["audio_ctc_loss"]) == pytest.approx(float(ctc), rel=1e-6)
+    # the head trains with the module but is no part of the model that is exported
+    assert not any("audio_ctc" in n for n in module.model.state_dict())
+    assert any(n.startswith("audio_ctc_head.") for n in module.state_dict())
+
+
+def test_target_token_noise_replaces_only_target_inputs():
     torch.manual_seed(0)
     input_ids = torch.randint(0, 50, (64, 40))
     labels = torch.full_like(input_ids, IGNORE_INDEX)
@@ -478,8 +497,14 @@ def test_target_token_noise_replaces_only_target_inputs():
 def test_encoder_cache_serves_the_frozen_encoder_exactly(parts):
     from granite_train.training.speech_llm_module import SpeechLLMModule
 
-    model = dict(encoder=str(parts["encoder"]), llm=str(parts["llm"]), lora=None, projector=PROJ,
-                 train={"projector": True, "llm": True}, encoder_cache_gb=0.01)
+    model = dict(
+        encoder=str(parts["encoder"]),
+        llm=str(parts["llm"]),
+        lora=None,
+        projector=PROJ,
+        train={"projector": True, "llm": True},
+        encoder_cache_gb=0.01,
+    )
     torch.manual_seed(1)
     cached = SpeechLLMModule(model, {"lr": 1e-3}, total_steps=10).train()
     torch.manual_seed(1)
@@ -501,14 +526,17 @@ def test_encoder_cache_serves_the_frozen_encoder_exactly(parts):
     cached.compute_loss(batch)
     assert len(calls) == 2
     with pytest.raises(ValueError, match="frozen encoder"):
-        SpeechLLMModule({**model, "train": {"projector": True, "encoder": True}}, {"lr": 1e-3}, total_steps=10)
+        SpeechLLMModule(
+            {**model, "train": {"projector": True, "encoder": True}}, {"lr": 1e-3}, total_steps=10
+        )
 
 
 def test_module_rejects_bad_target_token_noise(parts):
     from granite_train.training.speech_llm_module import SpeechLLMModule
 
-    model = dict(encoder=str(parts["encoder"]), llm=str(parts["llm"]), lora=None,
-                 loss={"target_token_noise": -0.1})
+    model = dict(
+        encoder=str(parts["encoder"]), llm=str(parts["llm"]), lora=None, loss={"target_token_noise": -0.1}
+    )
     with pytest.raises(ValueError, match="target_token_noise"):
         SpeechLLMModule(model, {"lr": 1e-3}, total_steps=10)
 
@@ -595,7 +623,7 @@ def test_merge_lora_keeps_outputs(parts):
             inputs_embeds=embeds, attention_mask=batch.attention_mask
         ).last_hidden_state
         loss = float(_loss(speech, batch).loss)
-        merge_lora(speech)
+        peft_merge_lora(speech)
         assert not speech.has_lora and not speech.config.has_lora_adapter
         assert not any("lora_" in n for n, _ in speech.hf.named_parameters())
         hidden2 = speech.language_model(
@@ -657,7 +685,7 @@ def _run_overrides(parts, corpus: Path, out: Path, *extra: str) -> list[str]:
 
 
 def test_training_run_overfits_and_checkpoints(parts, corpus, tmp_path, capfd):
-    from granite_train.cli import load_recipe
+    from granite_train.recipes import load_recipe
     from granite_train.training.callbacks import read_metrics_csv
     from granite_train.training.run import train
 
@@ -699,7 +727,7 @@ def test_training_run_overfits_and_checkpoints(parts, corpus, tmp_path, capfd):
 
 
 def test_training_run_skips_nan_step(parts, corpus, tmp_path):
-    from granite_train.cli import load_recipe
+    from granite_train.recipes import load_recipe
     from granite_train.training.callbacks import read_metrics_csv
     from granite_train.training.run import train
 

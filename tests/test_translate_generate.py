@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from data_prep.shards import STATE_DIR
 from data_prep.translate import (
     SUPPORTED_PAIRS,
     AgreementConfig,
@@ -31,7 +32,7 @@ from data_prep.translate.__main__ import main as cli_main
 from data_prep.translate.__main__ import run_cli
 from data_prep.translate.agreement import is_empty
 from data_prep.translate.backends import apertium_modes, clean_output
-from data_prep.translate.generate import STATE_DIR, TRANSCRIPTION_TEMPLATE, features
+from data_prep.translate.generate import TRANSCRIPTION_TEMPLATE, features
 from granite_train.data.sources import SourceSpec
 from tests.corpus import audio_bytes, make_corpus, speechlike, write_parquet
 

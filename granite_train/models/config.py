@@ -1,0 +1,219 @@
+"""Typed model sections of a recipe (``configs/model/*.yaml``): stage 1 and stage 2.
+
+Each field's default lives here, once; the YAML files set only what a preset changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from granite_train.speech_format import DOWNSAMPLE_RATE, WINDOW_SIZE
+from granite_train.typed_config import check_keys
+
+ATTN_IMPLS = ("sdpa", "math")
+
+# Blip2QFormerConfig fields of the projector.
+PROJECTOR_PRESETS: dict[str, dict[str, Any]] = {
+    # granite-4.0-1b-speech (RECIPE.md, "Projector + LLM stage")
+    "granite_4_0_1b": dict(
+        hidden_size=1024,
+        num_hidden_layers=2,
+        num_attention_heads=16,
+        intermediate_size=4096,
+        cross_attention_frequency=1,
+        hidden_act="gelu",
+        layer_norm_eps=1e-12,
+        hidden_dropout_prob=0.1,
+        attention_probs_dropout_prob=0.1,
+    ),
+    "tiny": dict(
+        hidden_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=1024,
+        cross_attention_frequency=1,
+        hidden_act="gelu",
+        layer_norm_eps=1e-12,
+        hidden_dropout_prob=0.1,
+        attention_probs_dropout_prob=0.1,
+    ),
+}
+
+
+def _check_attn_impl(value: str, where: str) -> None:
+    if value not in ATTN_IMPLS:
+        raise ValueError(f"{where} must be one of {ATTN_IMPLS}, got {value!r}")
+
+
+# --------------------------------------------------------------------------------------------------
+# stage 1
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class CTCLossConfig:
+    """Self-conditioned CTC (RECIPE.md): ``final_weight`` x CTC on the final logits +
+    ``mid_weight`` x CTC on the logits of layer ``num_layers // 2``."""
+
+    final_weight: float = 0.8
+    mid_weight: float = 0.2
+
+
+@dataclass
+class CTCModelConfig:
+    """The stage-1 CTC conformer.
+
+    Attributes:
+        preset: a :data:`granite_train.models.encoder.PRESETS` name (``granite_4_0_1b``, the
+            published 16 x 1024 conformer, or ``tiny``).
+        encoder: ``GraniteSpeechEncoderConfig`` fields that override the preset.
+        attn_impl: ``sdpa`` (fused kernels) or ``math`` (the reference computation).
+        gradient_checkpointing: recompute each block in backward: less activation memory, slower.
+        loss: the CTC loss weights.
+    """
+
+    preset: str = "granite_4_0_1b"
+    encoder: dict[str, Any] = field(default_factory=dict)
+    attn_impl: str = "sdpa"
+    gradient_checkpointing: bool = False
+    loss: CTCLossConfig = field(default_factory=CTCLossConfig)
+
+    def __post_init__(self) -> None:
+        from granite_train.models.encoder import PRESETS, GraniteSpeechEncoderConfig
+
+        if self.preset not in PRESETS:
+            raise ValueError(f"model.preset must be one of {sorted(PRESETS)}, got {self.preset!r}")
+        valid = set(GraniteSpeechEncoderConfig().to_dict()) - {"model_type", "transformers_version"}
+        check_keys(self.encoder or {}, valid, "model.encoder")
+        _check_attn_impl(self.attn_impl, "model.attn_impl")
+
+
+# --------------------------------------------------------------------------------------------------
+# stage 2
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class LoraSettings:
+    """LoRA on the LLM (published: rank 64 on the q and v projections; alpha / dropout unpublished)."""
+
+    rank: int = 64
+    alpha: float = 64.0
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+
+    def peft_config(self):
+        from peft import LoraConfig
+
+        return LoraConfig(
+            r=int(self.rank),
+            lora_alpha=float(self.alpha),
+            lora_dropout=float(self.dropout),
+            target_modules=list(self.target_modules),
+            bias="none",
+        )
+
+
+@dataclass
+class TrainableParts:
+    """What trains in stage 2. A frozen encoder also stays in eval mode (BatchNorm untouched).
+
+    Attributes:
+        lora: the LoRA adapter; None = whenever the model has one.
+        llm: the whole LLM (full fine-tuning; e.g. a tiny LLM trained from scratch).
+    """
+
+    projector: bool = True
+    lora: bool | None = None
+    llm: bool = False
+    encoder: bool = False
+
+
+@dataclass
+class SpeechLLMLossConfig:
+    """Training-only objectives beside the cross-entropy (none published: 0 in the published recipe).
+
+    Attributes:
+        audio_ctc_weight: > 0 adds a CTC of the audio tokens against the target tokens through a
+            training-only head (:mod:`granite_train.training.speech_llm_losses`).
+        audio_embed_weight: > 0 (needs the CTC head) pulls the audio tokens to the embeddings the
+            head reads.
+        target_token_noise: share of teacher-forced target inputs replaced by random tokens.
+    """
+
+    audio_ctc_weight: float = 0.0
+    audio_embed_weight: float = 0.0
+    target_token_noise: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.audio_ctc_weight < 0:
+            raise ValueError(f"model.loss.audio_ctc_weight must be >= 0, not {self.audio_ctc_weight}")
+        if self.audio_embed_weight < 0:
+            raise ValueError(f"model.loss.audio_embed_weight must be >= 0, not {self.audio_embed_weight}")
+        if self.audio_embed_weight > 0 and self.audio_ctc_weight <= 0:
+            raise ValueError(
+                "model.loss.audio_embed_weight reads its targets from the audio-token CTC head: "
+                "set model.loss.audio_ctc_weight > 0 too"
+            )
+        if not 0.0 <= self.target_token_noise < 1.0:
+            raise ValueError(
+                f"model.loss.target_token_noise must be in [0, 1), not {self.target_token_noise}"
+            )
+
+
+@dataclass
+class SpeechLLMModelConfig:
+    """The stage-2 speech LLM: built from ``init`` (an existing GraniteSpeech folder / hub id) or
+    from ``encoder`` + ``llm`` + a new projector.
+
+    Attributes:
+        init: a GraniteSpeech checkpoint (folder or hub id) to start from; merged weights or the
+            3.3 layout with its LoRA adapter beside them.
+        adapter: a separate LoRA adapter folder for ``init``.
+        encoder: a stage-1 export folder or ``.ckpt`` (with ``llm``, when ``init`` is not set).
+        llm: a base Granite LLM, local folder or hub id.
+        projector: ``{preset: granite_4_0_1b (published) | tiny, **Blip2QFormerConfig overrides}``.
+        window_size / downsample_rate: encoder frames per Q-Former window, and the ratio of frames
+            to queries (15 / 5: 3 queries per 0.3 s, 10 Hz audio tokens as published).
+        lora: LoRA settings, or None for no adapter.
+        train: what trains.
+        loss: training-only auxiliary objectives.
+        encoder_cache_gb: > 0 keeps the frozen encoder's outputs in memory (up to that size).
+        attn_impl: the encoder's attention kernel.
+        trust_remote_code: let transformers run code from the checkpoint (off unless asked).
+    """
+
+    init: str | None = None
+    adapter: str | None = None
+    encoder: str | None = None
+    llm: str | None = None
+    projector: dict[str, Any] = field(default_factory=lambda: {"preset": "granite_4_0_1b"})
+    window_size: int = WINDOW_SIZE
+    downsample_rate: int = DOWNSAMPLE_RATE
+    lora: LoraSettings | None = field(default_factory=LoraSettings)
+    train: TrainableParts = field(default_factory=TrainableParts)
+    loss: SpeechLLMLossConfig = field(default_factory=SpeechLLMLossConfig)
+    encoder_cache_gb: float = 0.0
+    attn_impl: str = "sdpa"
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        from transformers import Blip2QFormerConfig
+
+        projector = dict(self.projector or {})
+        preset = projector.pop("preset", "granite_4_0_1b")
+        if preset not in PROJECTOR_PRESETS:
+            raise ValueError(
+                f"model.projector.preset must be one of {sorted(PROJECTOR_PRESETS)}, got {preset!r}"
+            )
+        check_keys(projector, set(Blip2QFormerConfig().to_dict()) | {"preset"}, "model.projector")
+        _check_attn_impl(self.attn_impl, "model.attn_impl")
+
+
+__all__ = [
+    "ATTN_IMPLS",
+    "PROJECTOR_PRESETS",
+    "CTCLossConfig",
+    "CTCModelConfig",
+    "LoraSettings",
+    "SpeechLLMLossConfig",
+    "SpeechLLMModelConfig",
+    "TrainableParts",
+]

@@ -1,0 +1,137 @@
+"""Training-only objectives of stage 2, beside the cross-entropy the model computes itself.
+
+None of this is published, and none of it is exported: a new projector on a small or from-scratch
+LLM learns to carry the audio much faster with them on a CPU budget (RESULTS.md, "Stage 2: why the
+tiny model did not learn", trials 12-14). The published recipe keeps every weight at 0.
+
+* :class:`AudioCTCHead` + :func:`audio_ctc_loss` (``model.loss.audio_ctc_weight``): each projected
+  audio token predicts the LLM token spoken there, blank = the pad token;
+* :func:`audio_embed_loss` (``model.loss.audio_embed_weight``): pulls each audio token to the LLM
+  input embedding that head reads there, so the projector writes embeddings at their own scale;
+* :func:`corrupt_target_inputs` (``model.loss.target_token_noise``): noisy teacher forcing.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from granite_train.speech_format import IGNORE_INDEX
+
+
+class AudioCTCHead(nn.Module):
+    """CTC head on the projected audio tokens: LayerNorm (no affine) + Linear to the LLM vocabulary.
+
+    The LayerNorm keeps it blind to the audio tokens' scale, which it leaves to the LLM.
+    """
+
+    def __init__(self, width: int, vocab_size: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(width, elementwise_affine=False)
+        self.proj = nn.Linear(width, vocab_size)
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.norm(audio))
+
+
+def _real_audio(audio: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """The (sum(counts), D) real audio tokens of a padded (B, Q, D) batch, in order."""
+    keep = torch.arange(audio.shape[1], device=audio.device)[None, :] < counts[:, None].to(audio.device)
+    return audio[keep]
+
+
+def audio_rms(audio: torch.Tensor, counts: torch.Tensor) -> float | None:
+    """Root mean square of the real audio tokens (logged against the text embeddings' scale)."""
+    real = _real_audio(audio.detach(), counts)
+    return float(real.float().pow(2).mean().sqrt()) if real.numel() else None
+
+
+def audio_ctc_loss(
+    audio: torch.Tensor,
+    counts: torch.Tensor,
+    labels: torch.Tensor,
+    head: AudioCTCHead,
+    blank: int | None,
+) -> tuple[torch.Tensor | None, int]:
+    """Mean per-token CTC of ``head`` on the audio tokens (B, Q, D) against each row's targets
+    (its labelled tokens but the final EOS); ``blank`` is the tokenizer's pad token.
+
+    Rows whose targets cannot be aligned to their audio tokens (more tokens, counting a blank
+    between repeats, than audio tokens) are left out and counted. Returns (loss or None if no
+    row is left, dropped).
+    """
+    if blank is None:
+        raise ValueError("the audio-token CTC uses the pad token as its blank; the tokenizer has none")
+    targets = [row[row != IGNORE_INDEX][:-1] for row in labels]
+    target_lengths = torch.tensor([len(t) for t in targets])
+    # a CTC path needs a frame per token plus a blank between equal neighbours
+    needed = torch.tensor([len(t) + int((t[1:] == t[:-1]).sum()) for t in targets])
+    counts = counts.cpu()
+    keep = (needed <= counts) & (target_lengths > 0)
+    dropped = int((~keep).sum())
+    if not bool(keep.any()):
+        return None, dropped
+    rows = keep.nonzero().squeeze(1)
+    logits = head(audio[rows.to(audio.device)]).float()
+    log_probs = logits.log_softmax(-1).transpose(0, 1)  # (Q, B, V)
+    flat = torch.cat([targets[i] for i in rows.tolist()]).to(audio.device)
+    loss = F.ctc_loss(
+        log_probs,
+        flat,
+        counts[rows],
+        target_lengths[rows],
+        blank=blank,
+        reduction="sum",
+        zero_infinity=True,
+    )
+    return loss / target_lengths[rows].sum().clamp_min(1).to(loss.device), dropped
+
+
+def audio_embed_loss(
+    audio: torch.Tensor, counts: torch.Tensor, head: AudioCTCHead, embeddings: torch.Tensor
+) -> torch.Tensor:
+    """Squared distance of each real audio token to the LLM input embedding ``head`` reads there
+    (posterior-weighted, so mostly the blank = pad embedding between tokens), relative to the
+    embeddings' mean squared norm.
+
+    It makes the projector write what a copy-pretrained LLM reads: token embeddings among pads, at
+    the embeddings' scale. Without it the audio tokens grow to ~25x the embeddings' RMS, which
+    drowns the attention outputs at those positions in the residual stream and slows the LLM's
+    reading (RESULTS.md, trial 12). Gradient reaches the projector only: the posterior and the
+    embedding table (``embeddings``, (V, D)) are constants.
+    """
+    real = _real_audio(audio, counts).float()
+    with torch.no_grad():
+        table = embeddings.float()
+        probs = head(real).float().softmax(-1)
+        width = min(probs.shape[-1], table.shape[0])
+        target = probs[:, :width] @ table[:width]
+        scale = table.pow(2).sum(-1).mean().clamp_min(1e-12)
+    return (real - target).pow(2).sum(-1).mean() / scale
+
+
+def corrupt_target_inputs(
+    input_ids: torch.Tensor, labels: torch.Tensor, rate: float, replacements: torch.Tensor
+) -> torch.Tensor:
+    """``input_ids`` with each labelled (target) token replaced, with probability ``rate``, by one
+    drawn uniformly from ``replacements``; prompt, audio and padding positions stay.
+
+    The labels keep the true tokens, so the model still learns to predict them, but from a
+    teacher-forced prefix it cannot fully trust. A small LLM trained in full otherwise learns the
+    training transcripts by heart and predicts from the prefix instead of reading the audio
+    (RESULTS.md, trial 14). Draws from the global torch RNG (seeded per step by the training loop,
+    so resume stays exact).
+    """
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"target token noise must be in [0, 1), got {rate}")
+    if rate == 0.0:
+        return input_ids
+    hit = (labels != IGNORE_INDEX) & (torch.rand(labels.shape, device=labels.device) < rate)
+    picks = replacements.to(input_ids.device)[
+        torch.randint(len(replacements), labels.shape, device=labels.device)
+    ]
+    return torch.where(hit, picks, input_ids)
+
+
+__all__ = ["AudioCTCHead", "audio_ctc_loss", "audio_embed_loss", "audio_rms", "corrupt_target_inputs"]
