@@ -20,7 +20,7 @@ from granite_train.models.encoder import CTCEncoder, encoder_config
 from granite_train.text.vocab import CharVocab
 from granite_train.training.config import OptimConfig
 from granite_train.training.step_module import CHECKPOINT_KEY, StepSkippingModule
-from granite_train.typed_config import from_mapping, to_plain
+from granite_train.typed_config import from_mapping
 
 log = logging.getLogger(__name__)
 
@@ -47,17 +47,7 @@ class CTCPretrainModule(StepSkippingModule):
     ):
         super().__init__(optim, total_steps, seed=seed, fault_injection=fault_injection)
         model = from_mapping(CTCModelConfig, model, "model")
-        # plain data only: checkpoints are read back with torch.load(weights_only=True)
-        self.save_hyperparameters(
-            {
-                "model": to_plain(model),
-                "optim": to_plain(self.optim_cfg),
-                "total_steps": total_steps,
-                "seed": seed,
-                "val_normalizer": val_normalizer,
-                "fault_injection": fault_injection,
-            }
-        )
+        self.save_config(model, val_normalizer=val_normalizer)
         config = encoder_config(model.preset, **(model.encoder or {}))
         self.encoder = CTCEncoder(
             config, attn_impl=model.attn_impl, gradient_checkpointing=bool(model.gradient_checkpointing)

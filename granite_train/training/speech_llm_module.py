@@ -28,7 +28,7 @@ from granite_train.training.speech_llm_losses import (
     corrupt_target_inputs,
 )
 from granite_train.training.step_module import StepSkippingModule
-from granite_train.typed_config import from_mapping, to_plain
+from granite_train.typed_config import from_mapping
 
 log = logging.getLogger(__name__)
 
@@ -59,18 +59,11 @@ class SpeechLLMModule(StepSkippingModule):
     ):
         super().__init__(optim, total_steps, seed=seed, fault_injection=fault_injection)
         model = from_mapping(SpeechLLMModelConfig, model, "model")
-        # plain data only: checkpoints are read back with torch.load(weights_only=True)
-        self.save_hyperparameters(
-            {
-                "model": to_plain(model),
-                "optim": to_plain(self.optim_cfg),
-                "total_steps": total_steps,
-                "seed": seed,
-                "val_normalizer": val_normalizer,
-                "val_generate_batches": val_generate_batches,
-                "max_new_tokens": max_new_tokens,
-                "fault_injection": fault_injection,
-            }
+        self.save_config(
+            model,
+            val_normalizer=val_normalizer,
+            val_generate_batches=val_generate_batches,
+            max_new_tokens=max_new_tokens,
         )
         self.audio_ctc_weight = float(model.loss.audio_ctc_weight)
         self.audio_embed_weight = float(model.loss.audio_embed_weight)

@@ -32,7 +32,7 @@ import torch
 from granite_train.models.checkpoints import TRAINING_STATE_KEY
 from granite_train.training.config import OptimConfig
 from granite_train.training.schedules import build_schedule
-from granite_train.typed_config import from_mapping
+from granite_train.typed_config import from_mapping, to_plain
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,7 @@ class StepSkippingModule(L.LightningModule):
         self.accumulate = int(self.optim_cfg.accumulate_grad_batches)
         self.total_steps = int(total_steps)
         self.seed = int(seed)
+        self.fault_injection = fault_injection
         self.nan_steps = set((fault_injection or {}).get("nan_loss_at_steps", []))
         self.counters: Counter[str] = Counter()
         self._micro = 0  # micro-batches accumulated since the last optimizer step
@@ -74,6 +75,20 @@ class StepSkippingModule(L.LightningModule):
     def compute_loss(self, batch) -> tuple[torch.Tensor, dict[str, float | torch.Tensor]]:
         """The loss of one training micro-batch and extra values to log (``train/<name>``)."""
         raise NotImplementedError
+
+    def save_config(self, model: Any, **extra: Any) -> None:
+        """Record the module's arguments as Lightning hyperparameters, in plain data only: checkpoints
+        are read back with ``torch.load(weights_only=True)``, which refuses dataclasses."""
+        self.save_hyperparameters(
+            {
+                "model": to_plain(model),
+                "optim": to_plain(self.optim_cfg),
+                "total_steps": self.total_steps,
+                "seed": self.seed,
+                "fault_injection": self.fault_injection,
+                **extra,
+            }
+        )
 
     def trainable_parameters(self) -> Iterable[tuple[str, torch.nn.Parameter]]:
         return ((n, p) for n, p in self.named_parameters() if p.requires_grad)
