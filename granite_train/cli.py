@@ -8,6 +8,7 @@ line, and Hydra's own flags work after the command (``granite-train demo --cfg j
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -17,8 +18,10 @@ from omegaconf import DictConfig
 from granite_train.recipes import (
     CONFIG_DIR,
     RECIPE_DIR,
+    MissingRecipeValueError,
     RecipeNotFoundError,
     available_recipes,
+    check_complete,
     check_recipe,
     recipe_file,
     upsert_overrides,
@@ -48,6 +51,15 @@ def demo(cfg: DictConfig) -> None:
     print(f"\nresults in {cfg.demo.work_dir}/results.md")
 
 
+def finetune(cfg: DictConfig) -> None:
+    """Fine-tune a released checkpoint on your audio: held-out split, before/after WER, replay."""
+    from granite_train.finetune import run_finetune
+
+    table = run_finetune(_container(cfg))
+    print("\n" + table)
+    print(f"results in {cfg.output_dir}/results.md")
+
+
 def data_demo(cfg: DictConfig) -> None:
     """Generate the multilingual synthetic corpus, then report on the pipeline over it."""
     from granite_train.data.tasks import run_data_report
@@ -64,12 +76,13 @@ def train(cfg: DictConfig) -> None:
 
     from granite_train.training.run import train as run_training
 
-    values = _container(cfg)
     hydra_cfg = HydraConfig.get()
     recipe = _RECIPE_PATH or RECIPE_DIR / f"{hydra_cfg.job.config_name}.yaml"
     try:  # every key checked before a model is built or a file read
+        check_complete(cfg, f"recipe {recipe}")
+        values = _container(cfg)
         check_recipe(values, recipe, list(hydra_cfg.overrides.task))
-    except ConfigKeyError as err:
+    except (ConfigKeyError, MissingRecipeValueError) as err:
         print(f"granite-train train: {err}", file=sys.stderr)
         sys.exit(2)
     result = run_training(values)
@@ -136,6 +149,7 @@ COMMANDS: dict[str, tuple[str, Callable[[DictConfig], None]]] = {
     "eval": ("eval", evaluate),
     "export": ("export", export),
     "train": ("", train),  # the config is the recipe named on the command line
+    "finetune": ("finetune", finetune),
 }
 
 
@@ -159,6 +173,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     config_name, task = COMMANDS[command]
     config_dir = CONFIG_DIR
+    if command == "finetune":  # `model=` / `data=` would select config groups: they name paths here
+        rest = [re.sub(r"^(model|data)=", r"\1_path=", a) for a in rest]
     if command == "train":
         global _RECIPE_PATH
         config_dir, config_name, rest = _recipe(rest)

@@ -32,6 +32,20 @@ class RecipeNotFoundError(ValueError):
     """A recipe name or path that does not exist (the message lists the available ones)."""
 
 
+class MissingRecipeValueError(ValueError):
+    """A recipe field the user must set (``???`` in the YAML, e.g. the fine-tuning data)."""
+
+
+def check_complete(cfg: DictConfig, where: str) -> None:
+    """Raise :class:`MissingRecipeValueError` naming every mandatory field left unset."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise MissingRecipeValueError(
+            f"{where}: set {', '.join(missing)} (a key=value override), e.g. "
+            "'data.train.sources=[{name: mine, path: /data/my_audio}]'"
+        )
+
+
 def to_container(cfg: DictConfig) -> dict:
     """A resolved Hydra config as plain Python containers."""
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
@@ -53,6 +67,21 @@ def recipe_file(recipe: str) -> Path:
     if not path.is_file():
         raise RecipeNotFoundError(f"unknown recipe {recipe!r}; available: {', '.join(available_recipes())}")
     return path
+
+
+def override_value(value: Any) -> str:
+    """``value`` (dicts, lists, strings, numbers, booleans, None) in Hydra's override grammar."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {override_value(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(override_value(v) for v in value) + "]"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int | float):
+        return repr(value)
+    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def upsert_overrides(overrides: Sequence[str]) -> list[str]:
@@ -91,6 +120,7 @@ def load_recipe(recipe: str, overrides: Sequence[str] = (), check: bool = True) 
                 f"hydra.searchpath=[file://{CONFIG_DIR},file://{RECIPE_DIR}]",
             ],
         )
+    check_complete(cfg, f"recipe {path}")
     values = to_container(cfg)
     if check:
         check_recipe(values, path, overrides)
@@ -196,11 +226,14 @@ __all__ = [
     "CONFIG_DIR",
     "RECIPE_DIR",
     "REPO_ROOT",
+    "MissingRecipeValueError",
     "RecipeNotFoundError",
+    "check_complete",
     "available_recipes",
     "check_recipe",
     "key_origin",
     "load_recipe",
+    "override_value",
     "recipe_file",
     "to_container",
     "upsert_overrides",

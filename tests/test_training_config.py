@@ -99,8 +99,10 @@ def test_train_refuses_an_unknown_key_before_reading_any_data(tmp_path):
 
 
 def test_every_recipe_builds_its_typed_config():
+    from tests.test_cli import USER_INPUT
+
     for name in available_recipes():
-        cfg = load_recipe_config(load_recipe(name))
+        cfg = load_recipe_config(load_recipe(name, USER_INPUT.get(name, [])))
         expected = CTCModelConfig if cfg.stage == "ctc" else SpeechLLMModelConfig
         assert isinstance(cfg.model, expected), name
 
@@ -159,3 +161,12 @@ def test_precision_auto_follows_the_cpu(monkeypatch):
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
     assert resolve_precision("auto", "cpu") == "bf16-mixed"
     assert resolve_precision("32-true", "cpu") == "32-true"  # an explicit choice is kept
+
+
+def test_override_values_round_trip_through_hydra():
+    from granite_train.recipes import override_value
+
+    sources = [{"name": "mine", "path": "/data/it's here, [1]", "weight": 0.75, "size": 2,
+                "holdout": None, "holdout_speakers": ["carol"], "task": "asr"}]  # fmt: skip
+    cfg = load_recipe("speech_llm_tiny_en", [f"data.train.sources={override_value(sources)}"])
+    assert cfg["data"]["train"]["sources"] == sources

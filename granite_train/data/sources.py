@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+import zlib
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,8 @@ from datasets.distributed import split_dataset_by_node
 
 log = logging.getLogger(__name__)
 
-SOURCE_KINDS = ("hub", "parquet", "audiofolder", "jsonl")
+SOURCE_KINDS = ("hub", "parquet", "audiofolder", "jsonl", "csv")
+HOLDOUT_MODES = ("exclude", "only")
 
 
 @dataclass
@@ -50,6 +52,14 @@ class SourceSpec:
         task: Stage-2 task of every example (``asr``, ``ast``), or ``None`` to read the ``task``
             column (default ``asr``). The other prompt fields (:data:`PROMPT_FIELDS`) are always
             carried over from the row when present.
+        speaker_column: Column with a speaker id (kept in the record; the held-out split uses it).
+        holdout: A held-out split made from this source itself: ``exclude`` drops the held-out
+            records (train on the rest), ``only`` keeps just them (evaluate on them); ``None``
+            reads every record. A manifest row with a ``split`` column is always kept only when it
+            equals ``split``.
+        holdout_share: Share of speakers (or of recordings, when the source names no speakers)
+            held out, chosen by a hash of the speaker (or audio path / id): the same on every run.
+        holdout_speakers: These speakers are the held-out split instead of a hashed share.
     """
 
     name: str
@@ -67,6 +77,10 @@ class SourceSpec:
     revision: str | None = None
     data_files: list[str] = field(default_factory=list)
     task: str | None = None
+    speaker_column: str | None = "speaker"
+    holdout: str | None = None
+    holdout_share: float = 0.1
+    holdout_speakers: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -77,11 +91,43 @@ class SourceSpec:
             raise ValueError(f"source {self.name!r}: kind must be one of {SOURCE_KINDS}, got {self.kind!r}")
         if self.weight < 0 or self.size <= 0:
             raise ValueError(f"source {self.name!r}: need weight >= 0 and size > 0")
+        if self.holdout not in (None, *HOLDOUT_MODES):
+            raise ValueError(
+                f"source {self.name!r}: holdout must be one of {HOLDOUT_MODES} or null, got {self.holdout!r}"
+            )
+        if not 0.0 < self.holdout_share < 1.0:
+            raise ValueError(
+                f"source {self.name!r}: holdout_share must be in (0, 1), got {self.holdout_share}"
+            )
+
+    def is_held_out(self, row: Mapping[str, Any]) -> bool:
+        """Whether ``row`` belongs to the held-out split: by speaker when the row names one (every
+        utterance of a speaker on the same side), else by its audio path or id."""
+        speaker = row.get(self.speaker_column) if self.speaker_column else None
+        if self.holdout_speakers:
+            return speaker is not None and str(speaker) in self.holdout_speakers
+        key = speaker
+        if key is None:
+            audio = row.get(self.audio_column)
+            key = audio.get("path") if isinstance(audio, dict) else audio
+            key = key or row.get("audio_filepath") or row.get("file_name") or row.get(self.id_column or "id")
+        digest = zlib.crc32(str(key).encode("utf-8")) % 10_000
+        return digest < self.holdout_share * 10_000
+
+    def keeps(self, row: Mapping[str, Any]) -> bool:
+        """Whether this source serves ``row``: its manifest split, then its side of the holdout."""
+        if self.kind in ("csv", "jsonl") and row.get("split") not in (None, self.split):
+            return False
+        if self.holdout is None:
+            return True
+        return self.is_held_out(row) == (self.holdout == "only")
 
 
 def guess_kind(path: str) -> str:
     """Infer the source kind from a path: existing local paths by content, anything else is a hub id."""
     p = Path(path)
+    if path.endswith((".csv", ".tsv")):
+        return "csv"
     if path.endswith((".jsonl", ".json")) or (p.is_file() and p.suffix in (".jsonl", ".json")):
         return "jsonl"
     if path.endswith(".parquet") or "*" in path:
@@ -151,6 +197,12 @@ def open_stream(spec: SourceSpec) -> datasets.IterableDataset:
             )
         else:
             ds = datasets.load_dataset("audiofolder", data_dir=spec.path, split=spec.split, streaming=True)
+    elif spec.kind == "csv":  # manifest: audio path, text[, speaker, split]; .tsv is tab-separated
+        files = spec.data_files or _local_files(spec.path, "*.[ct]sv")
+        delimiter = "\t" if files[0].endswith(".tsv") else ","
+        ds = datasets.load_dataset(
+            "csv", data_files={spec.split: files}, split=spec.split, streaming=True, delimiter=delimiter
+        )
     else:  # jsonl manifest (NeMo style: audio_filepath, text, duration, ...)
         files = spec.data_files or _local_files(spec.path, "*.jsonl")
         ds = datasets.load_dataset("json", data_files={spec.split: files}, split=spec.split, streaming=True)
@@ -178,7 +230,7 @@ def _relative_base(spec: SourceSpec) -> Path | None:
     if spec.kind == "audiofolder":
         metadata = audiofolder_metadata(spec.path, spec.split)
         return metadata.parent if metadata is not None else None
-    if spec.kind != "jsonl":
+    if spec.kind not in ("jsonl", "csv"):
         return None
     p = Path(spec.data_files[0] if spec.data_files else spec.path)
     return p.parent if not p.is_dir() else p
@@ -201,8 +253,8 @@ def normalize_record(
 ) -> dict[str, Any]:
     """Map a source row to a raw record (see module docstring). Never decodes audio."""
     audio = row.get(spec.audio_column)
-    if audio is None:  # conventional path columns: NeMo manifests, audiofolder metadata
-        audio = row.get("audio_filepath", row.get("file_name"))
+    if audio is None:  # conventional path columns: NeMo manifests, audiofolder metadata, CSV manifests
+        audio = next((row[k] for k in ("audio_filepath", "file_name", "path") if row.get(k)), None)
     if isinstance(audio, dict):
         raw = {"bytes": audio.get("bytes"), "path": audio.get("path")}
     elif isinstance(audio, (bytes, bytearray)):
@@ -216,6 +268,8 @@ def normalize_record(
         raw["path"] = str(base / raw["path"])
 
     sample_id = row.get(spec.id_column) if spec.id_column else None
+    if sample_id is None and isinstance(audio, (str, os.PathLike)):
+        sample_id = str(audio)  # the path as the manifest writes it: stable whatever the layout
     if sample_id is None:
         # Fall back to a running index: stable for a fixed (world size, workers) layout.
         sample_id = f"{index:09d}"
@@ -233,6 +287,8 @@ def normalize_record(
     for key in PROMPT_FIELDS:
         if row.get(key) is not None:
             record[key] = row[key]
+    if spec.speaker_column and row.get(spec.speaker_column) is not None:
+        record["speaker"] = str(row[spec.speaker_column])
     if spec.task:
         record["task"] = spec.task
     return record
@@ -269,22 +325,22 @@ class SourceReader:
 
     def next_record(self) -> dict[str, Any] | None:
         """The next raw record, or ``None`` at the end of the current pass."""
-        if self._iter is None:
-            self._open()
-        try:
-            batch = next(self._iter)
-        except StopIteration:
-            self._iter = None
-            self._stream = None
-            self.passes += 1
-            self.count = 0
-            return None
-        row = {k: v[0] for k, v in batch.items()}
-        record = normalize_record(
-            self.spec, row, self.count * self.num_shards + self.shard_index, self._base_dir
-        )
-        self.count += 1
-        return record
+        while True:
+            if self._iter is None:
+                self._open()
+            try:
+                batch = next(self._iter)
+            except StopIteration:
+                self._iter = None
+                self._stream = None
+                self.passes += 1
+                self.count = 0
+                return None
+            row = {k: v[0] for k, v in batch.items()}
+            index = self.count * self.num_shards + self.shard_index
+            self.count += 1
+            if self.spec.keeps(row):  # else: the other side of a split, not this source's record
+                return normalize_record(self.spec, row, index, self._base_dir)
 
     def state_dict(self) -> dict[str, Any]:
         stream_state = self._stream.state_dict() if self._stream is not None else self._resume_state

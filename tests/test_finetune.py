@@ -1,0 +1,157 @@
+"""``granite-train finetune``: the sources it builds (held-out split, replay), the recipe overrides
+it stands for, and (slow tier) the whole job on a tiny released model: before/after report, and the
+held-out speaker never trained on."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from granite_train.finetune import TRAINS, finetune_sources, recipe_overrides, results_markdown
+from granite_train.recipes import load_recipe
+from granite_train.training.config import load_recipe_config
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = dict(model_path="released", data_path="my_audio", data_split="train", language="en", eval_data=None,
+            holdout_share=0.2, holdout_speakers=["carol"], replay=None, replay_share=0.0, regression=None,
+            regression_language="en", trains="projector_lora", lora_rank=8, steps=40, lr=None,
+            warmup_steps=None, max_frames=2000, name="ft", overrides=[], merge_lora=True)  # fmt: skip
+
+
+def test_held_out_split_from_the_data_itself():
+    sources = finetune_sources(BASE)
+    (mine,), (heldout,) = sources["train"], sources["tests"]
+    assert mine["holdout"] == "exclude" and heldout["holdout"] == "only"
+    for spec in (mine, heldout):  # both sides of the same split
+        assert spec["path"] == "my_audio" and spec["holdout_speakers"] == ["carol"]
+        assert spec["holdout_share"] == 0.2
+
+
+def test_given_eval_data_replay_and_regression():
+    cfg = {
+        **BASE,
+        "eval_data": "my_test.csv",
+        "replay": "general",
+        "replay_share": 0.25,
+        "regression": "gen_test",
+    }
+    sources = finetune_sources(cfg)
+    mine, replay = sources["train"]
+    assert "holdout" not in mine and (mine["weight"], replay["weight"]) == (0.75, 0.25)
+    assert [t["path"] for t in sources["tests"]] == ["my_test.csv", "gen_test"]
+    with pytest.raises(ValueError, match="replay"):
+        finetune_sources({**BASE, "replay_share": 0.3})
+
+
+@pytest.mark.parametrize("trains", sorted(TRAINS))
+def test_overrides_compose_into_the_finetuning_recipe(trains, tmp_path):
+    cfg = {**BASE, "trains": trains, "lr": 1e-3}
+    overrides = recipe_overrides(cfg, finetune_sources(cfg)["train"], tmp_path / "train")
+    recipe = load_recipe_config(load_recipe("speech_llm_finetune", overrides))
+    flags, lora = TRAINS[trains]
+    assert recipe.model.init == "released" and recipe.optim.lr == 1e-3
+    assert {k: getattr(recipe.model.train, k) for k in flags} == flags
+    assert (recipe.model.lora is not None) == lora and (not lora or recipe.model.lora.rank == 8)
+    assert recipe.trainer.max_steps == 40 and recipe.optim.schedule.warmup_steps == 4
+    assert recipe.data.train["sources"][0]["holdout"] == "exclude"
+    assert recipe.data.train["alpha"] == 0.0  # the weights are the shares
+    with pytest.raises(ValueError, match="trains must be"):
+        recipe_overrides({**cfg, "trains": "encoder"}, [], tmp_path)
+
+
+def test_results_table_shows_the_change():
+    rows = [{"test set": "heldout", "utterances": 50, "wer_before": 0.8, "wer_after": 0.25,
+             "cer_before": 0.5, "cer_after": 0.1, "rtfx_after": 30.0}]  # fmt: skip
+    table = results_markdown(rows)
+    assert "| heldout | 50 | 80.00 | 25.00 | -55.00 | 50.00 | 10.00 |" in table
+
+
+# --------------------------------------------------------------------------------------------------
+# end to end (slow tier)
+# --------------------------------------------------------------------------------------------------
+def _released_model(root: Path) -> Path:
+    from granite_train.models.encoder import CTCEncoder, encoder_config
+    from granite_train.models.speech_export import export_speech_llm
+    from granite_train.models.speech_llm import assemble_speech_llm
+    from granite_train.models.tiny_llm import build_tiny_llm
+
+    words = "zero one two three four five six seven eight nine".split()
+    llm = build_tiny_llm(root / "llm", [" ".join(words[i:] + words[:i]) for i in range(10)] * 4,
+                         preset="micro", vocab_size=300)  # fmt: skip
+    torch.manual_seed(0)
+    encoder = CTCEncoder(encoder_config("tiny", num_layers=2, hidden_dim=64, num_heads=4, dim_head=16)).eval()
+    projector = dict(preset="tiny", hidden_size=32, num_attention_heads=2, intermediate_size=64)
+    speech = assemble_speech_llm(encoder, llm, projector=projector)
+    return export_speech_llm(speech, root / "released")  # the 4.0 layout: merged, no adapter
+
+
+def _audio(root: Path) -> Path:
+    folder = root / "audio"
+    (folder / "clips").mkdir(parents=True)
+    rows = ["file_name,text,speaker"]
+    g = np.random.default_rng(0)
+    for speaker in ("alice", "bob", "carol"):
+        for i in range(6):
+            name = f"clips/{speaker}_{i}.wav"
+            sf.write(folder / name, 0.1 * g.standard_normal(8000 + 800 * i).astype(np.float32), 16000)
+            rows.append(f"{name},number {i},{speaker}")
+    (folder / "metadata.csv").write_text("\n".join(rows) + "\n")
+    return folder
+
+
+@pytest.mark.slow
+def test_finetune_end_to_end_keeps_the_held_out_speaker_out_of_training(tmp_path):
+    model, audio = _released_model(tmp_path), _audio(tmp_path)
+    out = tmp_path / "ft"
+    run = subprocess.run(
+        [sys.executable, "-m", "granite_train.cli", "finetune", f"model={model}", f"data={audio}",
+         "holdout_speakers=[carol]", "steps=6", "lr=1e-3", "max_new_tokens=4", "lora_rank=4",
+         f"output_dir={out}", 'overrides=["data.num_workers=0","debug.log_sample_ids=true"]'],
+        capture_output=True, text=True, timeout=900, cwd=ROOT,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    (row,) = results["results"]
+    assert row["test set"] == "heldout" and row["utterances"] == 6  # all of carol, nobody else
+    assert results["steps"] == 6 and row["wer_before"] is not None and row["wer_after"] is not None
+    trained = [json.loads(line) for line in (out / "train" / "samples.rank0.jsonl").read_text().splitlines()]
+    ids = {i for step in trained for i in step["ids"]}
+    assert ids and not any("carol" in i for i in ids)  # the held-out speaker never trained
+    assert {"alice", "bob"} <= {i.split("/")[-1].split("_")[0] for i in ids}
+    export = out / "train" / "speech_llm_hf"
+    assert json.loads((export / "config.json").read_text())["has_lora_adapter"] is False
+    assert "| heldout | 6 |" in (out / "results.md").read_text()
+
+
+def test_released_layouts_4_0_gets_a_fresh_lora_3_3_continues_its_own(tmp_path):
+    from granite_train.models.config import LoraSettings
+    from granite_train.models.speech_export import export_speech_llm
+    from granite_train.models.speech_llm import build_speech_llm, load_speech_llm
+
+    merged = _released_model(tmp_path)  # 4.0 layout: merged weights, has_lora_adapter false
+    fresh = build_speech_llm({"init": str(merged), "lora": {"rank": 4, "alpha": 4}})
+    lora_b = {n: p for n, p in fresh.hf.named_parameters() if "lora_B" in n}
+    assert lora_b and all(float(p.abs().max()) == 0.0 for p in lora_b.values())  # a new adapter: B = 0
+    assert {n for n, p in fresh.hf.named_parameters() if p.requires_grad} == {
+        n for n in dict(fresh.hf.named_parameters()) if "lora_" in n or n.startswith("model.projector.")
+    }
+    # the 3.3 layout: an adapter (trained: B != 0) beside the base weights, which training continues
+    speech = load_speech_llm(merged)
+    speech.add_lora(LoraSettings(rank=4, alpha=4.0, dropout=0.0))
+    with torch.no_grad():
+        for name, param in speech.hf.named_parameters():
+            if "lora_B" in name:
+                param.fill_(0.01)
+    folder = export_speech_llm(speech, tmp_path / "with_adapter", merge_lora=False)
+    assert json.loads((folder / "config.json").read_text())["has_lora_adapter"] is True
+    resumed = build_speech_llm({"init": str(folder), "lora": {"rank": 64}})  # its own adapter wins
+    trained = {n: p for n, p in resumed.hf.named_parameters() if "lora_B" in n}
+    assert trained and all(torch.allclose(p, torch.full_like(p, 0.01)) for p in trained.values())
+    assert all(p.requires_grad for p in trained.values()) and next(iter(trained.values())).shape[1] == 4
