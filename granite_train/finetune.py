@@ -24,6 +24,8 @@ TRAINS: dict[str, tuple[dict[str, bool], bool]] = {
     "lora": ({"projector": False, "lora": True, "llm": False, "encoder": False}, True),
     "projector": ({"projector": True, "lora": False, "llm": False, "encoder": False}, False),
     "llm": ({"projector": True, "lora": False, "llm": True, "encoder": False}, False),
+    # + the top `encoder_layers` conformer layers and the CTC head, with the encoder CTC as an auxiliary
+    "encoder_top": ({"projector": True, "lora": True, "llm": False, "encoder": False}, True),
 }
 
 
@@ -85,7 +87,10 @@ def recipe_overrides(cfg: Mapping[str, Any], train_sources: list[dict], output_d
         f"name={cfg['name']}",
         f"output_dir={output_dir}",
         f"model.init={cfg['model_path']}",
-        "model.train={" + ", ".join(f"{k}: {str(v).lower()}" for k, v in flags.items()) + "}",
+        "model.train={"
+        + ", ".join(f"{k}: {str(v).lower()}" for k, v in flags.items())
+        + (f", encoder_layers: {int(cfg.get('encoder_layers') or 2)}" if trains == "encoder_top" else "")
+        + "}",
         f"model.lora={{rank: {int(cfg['lora_rank'])}, alpha: {int(cfg['lora_rank'])}}}"
         if lora
         else "model.lora=null",
@@ -97,6 +102,13 @@ def recipe_overrides(cfg: Mapping[str, Any], train_sources: list[dict], output_d
         "data.train.sources=" + override_value(train_sources),
         f"export.merge_lora={str(bool(cfg.get('merge_lora', True))).lower()}",
     ]
+    if trains == "encoder_top":  # the CTC head stays valid: the encoder's own CTC as an auxiliary
+        out += [
+            f"model.loss.encoder_ctc_weight={float(cfg.get('encoder_ctc_weight') or 0.2)}",
+            "data.train.prepare.ctc_targets=true",
+            f"data.train.lowercase={str(bool(cfg.get('ctc_lowercase'))).lower()}",
+            f"data.train.strip_punctuation={str(bool(cfg.get('ctc_lowercase'))).lower()}",
+        ]
     if cfg.get("lr") is not None:
         out.append(f"optim.lr={float(cfg['lr'])}")
     return out + list(cfg.get("overrides") or [])
@@ -155,9 +167,12 @@ def run_finetune(cfg: Mapping[str, Any]) -> str:
     rows = [_row(b.name, b, a) for b, a in zip(before, after)]
     table = results_markdown(rows)
     trained = TRAINS[cfg["trains"]][0]
+    top_layers = ""
+    if cfg["trains"] == "encoder_top":
+        top_layers = f", the top {int(cfg.get('encoder_layers') or 2)} encoder layers + CTC head"
     header = (
         f"# Fine-tuning {cfg['model_path']}\n\n{result.global_step} steps on `{cfg['data_path']}` "
-        f"(trains: {cfg['trains']}: {', '.join(k for k, v in trained.items() if v)}; "
+        f"(trains: {cfg['trains']}: {', '.join(k for k, v in trained.items() if v)}{top_layers}; "
         f"replay share {float(cfg.get('replay_share') or 0):.2f}); export: `{export}`; "
         f"curves: `{result.output_dir / 'curves.png'}`\n\n"
     )

@@ -62,6 +62,11 @@ def test_overrides_compose_into_the_finetuning_recipe(trains, tmp_path):
     assert recipe.trainer.max_steps == 40 and recipe.optim.schedule.warmup_steps == 4
     assert recipe.data.train["sources"][0]["holdout"] == "exclude"
     assert recipe.data.train["alpha"] == 0.0  # the weights are the shares
+    if trains == "encoder_top":  # top layers + CTC head, with the encoder CTC and its targets
+        assert recipe.model.train.encoder_layers == 2 and recipe.model.loss.encoder_ctc_weight == 0.2
+        assert recipe.data.train["prepare"]["ctc_targets"] is True
+    else:
+        assert recipe.model.train.encoder_layers == 0 and recipe.model.loss.encoder_ctc_weight == 0.0
     with pytest.raises(ValueError, match="trains must be"):
         recipe_overrides({**cfg, "trains": "encoder"}, [], tmp_path)
 

@@ -756,3 +756,45 @@ def test_training_run_skips_nan_step(parts, corpus, tmp_path):
     state = torch.load(result.last_checkpoint, map_location="cpu", weights_only=True)["state_dict"]
     assert "audio_ctc_head.proj.weight" in state
     assert not any("audio_ctc" in k for k in state if k.startswith("model."))
+
+
+def test_top_encoder_layers_train_with_the_encoder_ctc_as_an_auxiliary(parts):
+    from granite_train.models.ctc_loss import SelfConditionedCTCLoss
+    from granite_train.text.vocab import CharVocab
+    from granite_train.training.speech_llm_module import SpeechLLMModule
+
+    model = dict(encoder=str(parts["encoder"]), llm=str(parts["llm"]), lora=None, projector=PROJ,
+                 train={"projector": True, "encoder_layers": 1}, loss={"encoder_ctc_weight": 0.5})  # fmt: skip
+    module = SpeechLLMModule(model, {"lr": 1e-3}, total_steps=10).train()
+    speech = module.model
+    top = len(speech.encoder.layers) - 1
+    trainable = {
+        n for n, p in speech.hf.named_parameters() if p.requires_grad and n.startswith("model.encoder.")
+    }
+    assert trainable and all(
+        n.startswith((f"model.encoder.layers.{top}.", "model.encoder.out.")) for n in trainable
+    )
+    assert not speech.encoder.training and speech.encoder.layers[top].training  # frozen layers stay in eval
+    assert not speech.encoder.layers[0].training
+    vocab = CharVocab()
+    examples = _examples((16000, 12000))
+    for e in examples:
+        e.targets = vocab.encode(e.record["text"])
+    batch = _collate(speech, examples)
+    loss, extra = module.compute_loss(batch)
+    enc = speech.encoder(batch.features, batch.feature_lengths)
+    ctc = SelfConditionedCTCLoss()(
+        enc.logits, enc.lengths, batch.targets, batch.target_lengths, enc.mid_logits
+    )
+    plain = _loss(speech, batch)
+    assert float(loss) == pytest.approx(float(plain.loss) + 0.5 * float(ctc.loss), rel=1e-5)
+    assert float(extra["encoder_ctc_loss"]) == pytest.approx(float(ctc.loss), rel=1e-5)
+    loss.backward()
+    grads = {n: p.grad for n, p in speech.hf.named_parameters() if n.startswith("model.encoder.")}
+    assert float(grads["model.encoder.out.weight"].abs().max()) > 0
+    assert all(g is None for n, g in grads.items() if n.startswith("model.encoder.layers.0."))
+    # without CTC targets in the data the auxiliary cannot run: a clear error, not a crash
+    with pytest.raises(ValueError, match="ctc_targets"):
+        module.compute_loss(_collate(speech, _examples((16000,))))
+    with pytest.raises(ValueError, match="encoder_ctc_weight"):
+        SpeechLLMModule({**model, "loss": {}}, {"lr": 1e-3}, total_steps=10)

@@ -118,12 +118,21 @@ class TrainableParts:
     Attributes:
         lora: the LoRA adapter; None = whenever the model has one.
         llm: the whole LLM (full fine-tuning; e.g. a tiny LLM trained from scratch).
+        encoder: the whole encoder.
+        encoder_layers: > 0 trains only the top k conformer layers and the CTC output head (the
+            rest of the encoder stays frozen, in eval mode); needs ``loss.encoder_ctc_weight`` > 0
+            so that the CTC head stays valid (the speculative-decoding draft).
     """
 
     projector: bool = True
     lora: bool | None = None
     llm: bool = False
     encoder: bool = False
+    encoder_layers: int = 0
+
+    def __post_init__(self) -> None:
+        if self.encoder_layers < 0:
+            raise ValueError(f"model.train.encoder_layers must be >= 0, got {self.encoder_layers}")
 
 
 @dataclass
@@ -136,11 +145,15 @@ class SpeechLLMLossConfig:
         audio_embed_weight: > 0 (needs the CTC head) pulls the audio tokens to the embeddings the
             head reads.
         target_token_noise: share of teacher-forced target inputs replaced by random tokens.
+        encoder_ctc_weight: > 0 adds the encoder's own self-conditioned character CTC (needs CTC
+            targets in the data: ``prepare.ctc_targets: true``): keeps a training encoder's CTC
+            head valid.
     """
 
     audio_ctc_weight: float = 0.0
     audio_embed_weight: float = 0.0
     target_token_noise: float = 0.0
+    encoder_ctc_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.audio_ctc_weight < 0:
@@ -152,6 +165,8 @@ class SpeechLLMLossConfig:
                 "model.loss.audio_embed_weight reads its targets from the audio-token CTC head: "
                 "set model.loss.audio_ctc_weight > 0 too"
             )
+        if self.encoder_ctc_weight < 0:
+            raise ValueError(f"model.loss.encoder_ctc_weight must be >= 0, not {self.encoder_ctc_weight}")
         if not 0.0 <= self.target_token_noise < 1.0:
             raise ValueError(
                 f"model.loss.target_token_noise must be in [0, 1), not {self.target_token_noise}"
@@ -205,6 +220,11 @@ class SpeechLLMModelConfig:
             )
         check_keys(projector, set(Blip2QFormerConfig().to_dict()) | {"preset"}, "model.projector")
         _check_attn_impl(self.attn_impl, "model.attn_impl")
+        if self.train.encoder_layers and self.loss.encoder_ctc_weight <= 0:
+            raise ValueError(
+                "model.train.encoder_layers: a training encoder keeps its CTC head valid with the encoder CTC loss: set "
+                "model.loss.encoder_ctc_weight > 0 (e.g. 0.2) and data.train.prepare.ctc_targets=true"
+            )
 
 
 __all__ = [

@@ -121,7 +121,7 @@ def check_encoder_cache_allowed(model: Mapping[str, Any], data: Mapping[str, Any
     """Raise if ``model.encoder_cache_gb`` > 0 would serve stale encoder outputs."""
     if float(model.get("encoder_cache_gb") or 0) <= 0:
         return
-    if (model.get("train") or {}).get("encoder"):
+    if (model.get("train") or {}).get("encoder") or (model.get("train") or {}).get("encoder_layers"):
         raise ValueError("model.encoder_cache_gb needs a frozen encoder (model.train.encoder=false)")
     augment = data.get("augment") or {}
     active = [name for name in ("spec_augment", "noise") if augment.get(name)]

@@ -64,6 +64,7 @@ class SpeechLLMOutput:
     labels: torch.Tensor  # (N,) the token each of those positions predicts
     audio_embeds: torch.Tensor  # (B, Q, D_llm) projected audio, padded per batch
     audio_token_counts: torch.Tensor  # (B,) real audio tokens per utterance
+    encoder: Any = None  # the encoder's EncoderOutput (CTC logits), when it ran here (not cached)
 
     @property
     def num_tokens(self) -> int:
@@ -141,22 +142,42 @@ class SpeechLLM(nn.Module):
         self.config.has_lora_adapter = True
 
     def set_trainable(
-        self, projector: bool = True, lora: bool = True, llm: bool = False, encoder: bool = False
+        self,
+        projector: bool = True,
+        lora: bool = True,
+        llm: bool = False,
+        encoder: bool = False,
+        encoder_layers: int = 0,
     ) -> None:
-        """Choose what trains. A frozen encoder also stays in eval mode (BatchNorm statistics untouched)."""
+        """Choose what trains. A frozen encoder also stays in eval mode (BatchNorm statistics untouched).
+
+        ``encoder_layers`` > 0 trains the top k conformer layers and the CTC output head only; the
+        layers below stay frozen and in eval mode.
+        """
         if lora and not self.has_lora:
             raise ValueError("lora=True but the model has no LoRA adapter (set model.lora)")
+        num_layers = len(self.encoder.layers)
+        if encoder_layers > num_layers:
+            raise ValueError(f"encoder_layers={encoder_layers} but the encoder has {num_layers} layers")
+        top = {f"model.encoder.layers.{i}." for i in range(num_layers - encoder_layers, num_layers)}
         for name, param in self.hf.named_parameters():
             if "lora_" in name:
                 param.requires_grad_(lora)
             elif name.startswith("model.encoder."):
-                param.requires_grad_(encoder)
+                partial = bool(encoder_layers) and (
+                    name.startswith("model.encoder.out.") or any(name.startswith(t) for t in top)
+                )
+                param.requires_grad_(encoder or partial)
             elif name.startswith("model.projector."):
                 param.requires_grad_(projector)
             else:  # LLM body, embeddings and head
                 param.requires_grad_(llm)
+        self.encoder_top_layers = 0 if encoder else int(encoder_layers)
+        trains_encoder = encoder or encoder_layers > 0
         self.frozen = {
-            part for part, on in (("encoder", encoder), ("projector", projector), ("llm", llm)) if not on
+            part
+            for part, on in (("encoder", trains_encoder), ("projector", projector), ("llm", llm))
+            if not on
         }
         self.train(self.training)
 
@@ -164,6 +185,10 @@ class SpeechLLM(nn.Module):
         super().train(mode)
         if "encoder" in self.frozen:
             self.encoder.eval()
+        elif getattr(self, "encoder_top_layers", 0):  # only the top layers train; the rest as frozen
+            self.encoder.eval()
+            for layer in self.encoder.layers[-self.encoder_top_layers :]:
+                layer.train(mode)
         return self
 
     def parameter_counts(self) -> dict[str, int]:
@@ -186,15 +211,20 @@ class SpeechLLM(nn.Module):
     # forward --------------------------------------------------------------------------------------
     def encode(self, features: torch.Tensor, feature_lengths: torch.Tensor) -> torch.Tensor:
         """Encoder output (B, T, D_enc) with the padded frames zeroed."""
+        return self._encode(features, feature_lengths)[0]
+
+    def _encode(self, features: torch.Tensor, feature_lengths: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """(the zero-padded last hidden state, the encoder's whole output: CTC logits included)."""
         feature_lengths = feature_lengths.to(features.device)
         dtype = next(self.encoder.parameters()).dtype
         # a frozen encoder needs no graph: no activations kept for backward
         with torch.set_grad_enabled(torch.is_grad_enabled() and "encoder" not in self.frozen):
-            hidden = self.encoder(features.to(dtype), feature_lengths).last_hidden_state
+            out = self.encoder(features.to(dtype), feature_lengths)
+        hidden = out.last_hidden_state
         # zero the padded frames: the projector pads its last window with zeros, so this makes a
         # padded utterance's windows equal to those of the same utterance alone
         valid = lengths_to_mask(feature_lengths, hidden.shape[1])
-        return hidden * valid.unsqueeze(-1).to(hidden.dtype)
+        return hidden * valid.unsqueeze(-1).to(hidden.dtype), out
 
     def audio_embeds(
         self,
@@ -248,6 +278,11 @@ class SpeechLLM(nn.Module):
         transformers' forward with ``labels``, computed padding-exact and with the LM head at the
         labelled positions only. ``encoder_hidden``: see :meth:`audio_embeds`.
         """
+        encoder_out = None
+        if encoder_hidden is None:
+            if feature_lengths is None:
+                feature_lengths = torch.full((features.shape[0],), features.shape[1], device=features.device)
+            encoder_hidden, encoder_out = self._encode(features, feature_lengths)
         audio, counts = self.audio_embeds(features, feature_lengths, encoder_hidden)
         inputs_embeds = self._merge_audio(input_ids, audio, counts)
         hidden = self.hf.model.language_model(
@@ -266,6 +301,7 @@ class SpeechLLM(nn.Module):
             labels=gold,
             audio_embeds=audio,
             audio_token_counts=counts,
+            encoder=encoder_out,
         )
 
     @torch.no_grad()

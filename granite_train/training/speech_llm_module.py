@@ -17,6 +17,7 @@ import torch
 
 from granite_train.models.checkpoints import SPEECH_LLM_KEY, speech_llm_metadata
 from granite_train.models.config import SpeechLLMModelConfig
+from granite_train.models.ctc_loss import SelfConditionedCTCLoss
 from granite_train.models.encoder_cache import EncoderOutputCache
 from granite_train.models.speech_llm import build_speech_llm, format_counts
 from granite_train.training.config import OptimConfig
@@ -68,6 +69,7 @@ class SpeechLLMModule(StepSkippingModule):
         self.audio_ctc_weight = float(model.loss.audio_ctc_weight)
         self.audio_embed_weight = float(model.loss.audio_embed_weight)
         self.target_token_noise = float(model.loss.target_token_noise)
+        self.encoder_ctc_weight = float(model.loss.encoder_ctc_weight)
         self.model = build_speech_llm(model)
         self.encoder_cache = None
         cache_gb = float(model.encoder_cache_gb or 0)
@@ -88,6 +90,8 @@ class SpeechLLMModule(StepSkippingModule):
             self.audio_ctc_head = AudioCTCHead(
                 self.model.config.text_config.hidden_size, len(self.model.tokenizer)
             )
+        # a training encoder keeps its CTC head valid (the speculative-decoding draft)
+        self.encoder_ctc = SelfConditionedCTCLoss() if self.encoder_ctc_weight > 0 else None
         self.param_counts = self.model.parameter_counts()
         log.info("%s", format_counts(self.param_counts))
         self.val_normalizer = val_normalizer
@@ -150,6 +154,19 @@ class SpeechLLMModule(StepSkippingModule):
                 pull = audio_embed_loss(audio, counts, self.audio_ctc_head, table)
                 loss = loss + self.audio_embed_weight * pull
                 extra["audio_embed_loss"] = pull.detach()
+        if self.encoder_ctc is not None and out.encoder is not None:
+            if batch.targets is None or not bool(batch.target_lengths.any()):
+                raise ValueError(
+                    "model.loss.encoder_ctc_weight > 0 needs CTC targets: set data.train.prepare.ctc_targets=true"
+                )
+            enc = out.encoder
+            ctc = self.encoder_ctc(
+                enc.logits, enc.lengths, batch.targets, batch.target_lengths, enc.mid_logits
+            )
+            self.counters["skipped/encoder_ctc_too_short"] += ctc.num_dropped
+            loss = loss + self.encoder_ctc_weight * ctc.loss  # zero, with a graph, when all dropped (DDP)
+            if not ctc.all_dropped:
+                extra["encoder_ctc_loss"] = ctc.loss.detach()
         return loss, extra
 
     # ------------------------------------------------------------------------------------------
