@@ -17,12 +17,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
-
-if TYPE_CHECKING:  # a type only: keeps this module free of the transformers model classes
-    from granite_train.models.speech_llm import SpeechLLM
 
 STATE_KEY = "state_dict"
 ENCODER_CONFIG_KEY = "encoder_config"  # marks a stage-1 checkpoint
@@ -96,8 +93,9 @@ def plain(value: Any) -> Any:
     )
 
 
-def speech_llm_metadata(speech: SpeechLLM) -> dict[str, Any]:
-    """``ckpt["speech_llm"]``: the model config and LoRA settings as plain data.
+def speech_llm_metadata(speech: Any) -> dict[str, Any]:
+    """``ckpt["speech_llm"]`` of a :class:`~granite_train.models.speech_llm.SpeechLLM` (not imported:
+    this module stays below the model classes): the model config and LoRA settings as plain data.
 
     ``LoraConfig.to_dict()`` holds a ``set`` and a ``PeftType`` enum, which
     ``torch.load(weights_only=True)`` refuses; this is the same content in JSON types.

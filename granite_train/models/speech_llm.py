@@ -54,6 +54,13 @@ log = logging.getLogger(__name__)
 # --------------------------------------------------------------------------------------------------
 # the model
 # --------------------------------------------------------------------------------------------------
+def _full_lengths(features: torch.Tensor, feature_lengths: torch.Tensor | None) -> torch.Tensor:
+    """``feature_lengths``, or every row's full length when not given (an unpadded batch)."""
+    if feature_lengths is not None:
+        return feature_lengths
+    return torch.full((features.shape[0],), features.shape[1], device=features.device)
+
+
 @dataclass
 class SpeechLLMOutput:
     """transformers' ``GraniteSpeechCausalLMOutputWithPast`` for training: loss and logits at the
@@ -237,9 +244,7 @@ class SpeechLLM(nn.Module):
         ``encoder_hidden``: the output of :meth:`encode` for these features, computed elsewhere
         (:class:`~granite_train.models.encoder_cache.EncoderOutputCache`); the encoder is skipped.
         """
-        if feature_lengths is None:
-            feature_lengths = torch.full((features.shape[0],), features.shape[1], device=features.device)
-        feature_lengths = feature_lengths.to(features.device)
+        feature_lengths = _full_lengths(features, feature_lengths).to(features.device)
         hidden = self.encode(features, feature_lengths) if encoder_hidden is None else encoder_hidden
         embeds = self.projector(hidden)
         counts = projector_tokens(feature_lengths, self.config.window_size, self.config.downsample_rate)
@@ -280,8 +285,7 @@ class SpeechLLM(nn.Module):
         """
         encoder_out = None
         if encoder_hidden is None:
-            if feature_lengths is None:
-                feature_lengths = torch.full((features.shape[0],), features.shape[1], device=features.device)
+            feature_lengths = _full_lengths(features, feature_lengths)
             encoder_hidden, encoder_out = self._encode(features, feature_lengths)
         audio, counts = self.audio_embeds(features, feature_lengths, encoder_hidden)
         inputs_embeds = self._merge_audio(input_ids, audio, counts)
