@@ -60,7 +60,7 @@ def _load(record: dict[str, Any]):
 def segment_recording(encoder, record: dict[str, Any], targets, args) -> tuple[list[dict], list[dict]]:
     """The kept segments of one recording (rows) and what was dropped (rejects)."""
     from granite_train.audio.io import encode_flac
-    from granite_train.models.ctc_align import AlignmentError, align_words, plan_segments
+    from granite_train.models.ctc_align import AlignmentError, align_words, plan_segments, quietest_cuts
 
     rid = record["id"]
     try:
@@ -73,7 +73,10 @@ def segment_recording(encoder, record: dict[str, Any], targets, args) -> tuple[l
         return [], [{"id": rid, "reason": err.reason, "detail": str(err)}]
     duration = wave.shape[-1] / SAMPLE_RATE
     rows, rejects = [], []
-    for k, seg in enumerate(plan_segments(words, duration, args.max_seconds, args.min_seconds)):
+    segments = plan_segments(words, duration, args.max_seconds, args.min_seconds)
+    if args.quiet_cuts:
+        segments = quietest_cuts(segments, words, wave, args.max_seconds)
+    for k, seg in enumerate(segments):
         sid = f"{rid}#{k:03d}"
         length = seg.end - seg.start
         if length > args.max_seconds:
@@ -112,7 +115,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     targets = CTCTargetBuilder(CharVocab("drop"), lowercase=args.lowercase, strip_punctuation=args.lowercase)
     records = _records(args.data, args.split, args.language, args.limit)
     settings = {
-        k: getattr(args, k) for k in ("model", "max_seconds", "min_seconds", "min_score", "lowercase")
+        k: getattr(args, k) for k in ("model", "max_seconds", "min_seconds", "min_score", "lowercase", "quiet_cuts")
     }
     per_shard = []
     bar = tqdm(total=len(records), desc="segment", unit="rec", disable=args.quiet)
@@ -202,6 +205,12 @@ def main(argv: list[str] | None = None) -> int:
         "--lowercase",
         action="store_true",
         help="align lowercased, punctuation-free text (a tiny encoder's targets)",
+    )
+    parser.add_argument(
+        "--no-quiet-cuts",
+        dest="quiet_cuts",
+        action="store_false",
+        help="cut at the middle of the aligned gap instead of its quietest point",
     )
     parser.add_argument("--shard-size", type=int, default=20, help="recordings per shard")
     parser.add_argument("--limit", type=int, default=None, help="first N recordings only")

@@ -101,7 +101,11 @@ def recipe_overrides(cfg: Mapping[str, Any], train_sources: list[dict], output_d
         f"data.train.max_frames={int(cfg['max_frames'])}",
         "data.train.sources=" + override_value(train_sources),
         f"export.merge_lora={str(bool(cfg.get('merge_lora', True))).lower()}",
+        # the LoRA alone for vLLM's --enable-lora: valid when nothing else trained
+        f"export.lora_adapter={str(trains == 'lora').lower()}",
     ]
+    if cfg.get("gradient_checkpointing"):
+        out.append("model.gradient_checkpointing={llm: true, encoder: true}")
     if trains == "encoder_top":  # the CTC head stays valid: the encoder's own CTC as an auxiliary
         out += [
             f"model.loss.encoder_ctc_weight={float(cfg.get('encoder_ctc_weight') or 0.2)}",
@@ -144,6 +148,27 @@ def results_markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def serving_note(cfg: Mapping[str, Any], export: Path, run_dir: Path) -> str:
+    """How to serve the result: the merged folder always; the LoRA alone when only it trained."""
+    lines = [
+        "## Serving",
+        "",
+        f"- merged (transformers `AutoModelForSpeechSeq2Seq`, vLLM): `vllm serve {export}`",
+    ]
+    adapter = run_dir / "speech_llm_lora"
+    if (adapter / "adapter_config.json").exists():
+        lines.append(
+            f"- the LoRA alone on the released model: `vllm serve {cfg['model_path']} --enable-lora "
+            f"--max-lora-rank {int(cfg['lora_rank'])} --lora-modules finetuned={adapter}`"
+        )
+    else:
+        lines.append(
+            f"- no LoRA-only adapter: trains={cfg['trains']} changes more than the LLM's LoRA, and vLLM "
+            "serves a LoRA on the LLM only (trains=lora gives one)"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def run_finetune(cfg: Mapping[str, Any]) -> str:
     """Run the whole job (``cfg`` is the resolved ``configs/finetune.yaml``); returns the table."""
     from granite_train.eval.generate import run_generate_eval
@@ -176,7 +201,7 @@ def run_finetune(cfg: Mapping[str, Any]) -> str:
         f"replay share {float(cfg.get('replay_share') or 0):.2f}); export: `{export}`; "
         f"curves: `{result.output_dir / 'curves.png'}`\n\n"
     )
-    (out / "results.md").write_text(header + table)
+    (out / "results.md").write_text(header + table + "\n" + serving_note(cfg, export, result.output_dir))
     (out / "results.json").write_text(
         json.dumps(
             {
@@ -192,4 +217,4 @@ def run_finetune(cfg: Mapping[str, Any]) -> str:
     return table
 
 
-__all__ = ["TRAINS", "finetune_sources", "recipe_overrides", "results_markdown", "run_finetune"]
+__all__ = ["TRAINS", "finetune_sources", "recipe_overrides", "results_markdown", "run_finetune", "serving_note"]

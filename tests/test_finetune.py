@@ -67,8 +67,30 @@ def test_overrides_compose_into_the_finetuning_recipe(trains, tmp_path):
         assert recipe.data.train["prepare"]["ctc_targets"] is True
     else:
         assert recipe.model.train.encoder_layers == 0 and recipe.model.loss.encoder_ctc_weight == 0.0
+    # the LoRA alone is written for vLLM only when nothing else trains
+    assert recipe.export.lora_adapter is (trains == "lora")
+    assert not recipe.model.gradient_checkpointing.llm and not recipe.model.gradient_checkpointing.encoder
     with pytest.raises(ValueError, match="trains must be"):
         recipe_overrides({**cfg, "trains": "encoder"}, [], tmp_path)
+
+
+def test_gradient_checkpointing_knob_reaches_llm_and_encoder(tmp_path):
+    cfg = {**BASE, "gradient_checkpointing": True}
+    overrides = recipe_overrides(cfg, finetune_sources(cfg)["train"], tmp_path / "train")
+    checkpointing = load_recipe_config(load_recipe("speech_llm_finetune", overrides)).model.gradient_checkpointing
+    assert checkpointing.llm and checkpointing.encoder
+
+
+def test_serving_note_offers_the_adapter_only_when_it_was_written(tmp_path):
+    from granite_train.finetune import serving_note
+
+    export = tmp_path / "train" / "speech_llm_hf"
+    note = serving_note({**BASE, "trains": "projector_lora"}, export, tmp_path / "train")
+    assert f"vllm serve {export}" in note and "no LoRA-only adapter" in note and "--enable-lora" not in note
+    (tmp_path / "train" / "speech_llm_lora").mkdir(parents=True)
+    (tmp_path / "train" / "speech_llm_lora" / "adapter_config.json").write_text("{}")
+    note = serving_note({**BASE, "trains": "lora"}, export, tmp_path / "train")
+    assert "vllm serve released --enable-lora --max-lora-rank 8 --lora-modules finetuned=" in note
 
 
 def test_results_table_shows_the_change():
@@ -133,6 +155,42 @@ def test_finetune_end_to_end_keeps_the_held_out_speaker_out_of_training(tmp_path
     export = out / "train" / "speech_llm_hf"
     assert json.loads((export / "config.json").read_text())["has_lora_adapter"] is False
     assert "| heldout | 6 |" in (out / "results.md").read_text()
+    # the memory estimate came before the first step, and the run is CPU-sized: it fits
+    memory = json.loads((out / "train" / "memory_estimate.json").read_text())
+    assert memory["fits"] is True and memory["activations"] > 0 and "memory estimate for a batch" in run.stdout
+    assert not (out / "train" / "speech_llm_lora").exists()  # the projector trained: merged only
+
+
+@pytest.mark.slow
+def test_finetune_lora_only_serves_as_an_adapter_on_the_released_model(tmp_path):
+    from transformers import AutoModelForSpeechSeq2Seq, AutoProcessor
+
+    model, audio = _released_model(tmp_path), _audio(tmp_path)
+    out = tmp_path / "ft"
+    run = subprocess.run(
+        [sys.executable, "-m", "granite_train.cli", "finetune", f"model={model}", f"data={audio}",
+         "holdout_speakers=[carol]", "steps=4", "lr=1e-2", "max_new_tokens=4", "lora_rank=4", "trains=lora",
+         "gradient_checkpointing=true", f"output_dir={out}", 'overrides=["data.num_workers=0"]'],
+        capture_output=True, text=True, timeout=900, cwd=ROOT,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    adapter, merged = out / "train" / "speech_llm_lora", out / "train" / "speech_llm_hf"
+    assert "--enable-lora" in (out / "results.md").read_text()
+    processor = AutoProcessor.from_pretrained(str(model))
+    served = AutoModelForSpeechSeq2Seq.from_pretrained(str(model)).eval()
+    served.load_adapter(str(adapter))
+    reference = AutoModelForSpeechSeq2Seq.from_pretrained(str(merged)).eval()
+    chat = [{"role": "user", "content": "<|audio|>can you transcribe the speech into a written format?"}]
+    prompt = processor.tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    wave = torch.from_numpy(sf.read(audio / "clips" / "carol_3.wav", dtype="float32")[0])
+    inputs = processor(prompt, wave, return_tensors="pt")
+    with torch.no_grad():
+        logits = served(**inputs).logits
+        assert (logits - reference(**inputs).logits).abs().max() <= 1e-4
+        trained = (logits - AutoModelForSpeechSeq2Seq.from_pretrained(str(model)).eval()(**inputs).logits).abs()
+        assert trained.max() > 1e-3  # the adapter changed the model: the comparison means something
+        ids = [m.generate(**inputs, max_new_tokens=6, do_sample=False).tolist() for m in (served, reference)]
+    assert ids[0] == ids[1]
 
 
 def test_released_layouts_4_0_gets_a_fresh_lora_3_3_continues_its_own(tmp_path):

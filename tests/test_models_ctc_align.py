@@ -8,7 +8,14 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from granite_train.models.ctc_align import AlignmentError, WordSpan, align_words, plan_segments
+from granite_train.models.ctc_align import (
+    AlignmentError,
+    WordSpan,
+    align_words,
+    plan_segments,
+    quietest_cuts,
+    quietest_point,
+)
 from granite_train.text.targets import CTCTargetBuilder
 from granite_train.text.vocab import CharVocab
 
@@ -77,3 +84,28 @@ def test_a_word_longer_than_the_limit_becomes_its_own_segment():
     segments = plan_segments(words, duration=20.0, max_seconds=10.0)
     assert (segments[0].first, segments[0].last) == (0, 0) and segments[0].end - segments[0].start > 10.0
     assert math.isclose(segments[1].start, 12.25)
+
+
+def test_cuts_move_to_the_quietest_point_between_the_word_centres():
+    # loud noise everywhere but a silent pause at 4.6-4.9 s; the aligner put the gap at 4.0-5.0 s
+    # (CTC spikes place word edges loosely), so the planned cut (4.5 s) is inside a word
+    g = torch.Generator().manual_seed(0)
+    wave = 0.3 * torch.randn(9 * 16000, generator=g)
+    wave[int(4.6 * 16000) : int(4.9 * 16000)] = 0.0
+    words = _words([(1.0, 2.0), (3.0, 4.0), (5.0, 6.5), (7.0, 8.0)])
+    planned = plan_segments(words, duration=9.0, max_seconds=5.0, min_seconds=1.0)
+    assert [(s.first, s.last) for s in planned] == [(0, 1), (2, 3)] and planned[0].end == pytest.approx(4.5)
+    moved = quietest_cuts(planned, words, wave, max_seconds=5.0)
+    assert 4.6 < moved[0].end < 4.9 and moved[1].start == moved[0].end
+    assert [(s.first, s.last, s.text) for s in moved] == [(s.first, s.last, s.text) for s in planned]
+    assert planned[0].end == pytest.approx(4.5)  # the plan itself is not modified
+    # no move past the segment limit: with 4.6 s at most, the cut stays before the pause
+    capped = quietest_cuts(planned, words, wave, max_seconds=4.6)
+    assert capped[0].end <= 4.6
+
+
+def test_quietest_point_is_the_middle_of_a_silent_run():
+    wave = torch.ones(16000)
+    wave[4000:8000] = 0.0  # 0.25-0.5 s silent
+    assert quietest_point(wave, 0.0, 1.0) == pytest.approx(0.375, abs=0.01)
+    assert quietest_point(wave, 0.9, 0.91) == pytest.approx(0.905)  # shorter than the window

@@ -19,6 +19,8 @@ from granite_train.models.checkpoints import checkpoint_stage, speech_llm_metada
 from granite_train.models.config import LoraSettings
 from granite_train.models.encoder import CTCEncoder, encoder_config
 from granite_train.models.speech_export import (
+    export_lora_adapter,
+    only_lora_trained,
     SpeechExportError,
     export_speech_checkpoint,
     export_speech_llm,
@@ -230,6 +232,78 @@ def test_load_speech_llm_with_a_separate_adapter_folder(speech, exports, waves, 
         load_speech_llm(exports["adapter"], adapter=adapter)
     with pytest.raises(FileNotFoundError, match="adapter_config"):
         load_speech_llm(base, adapter=tmp_path)
+
+
+# the keys of granite-4.0-1b-speech's config.json, per section, as public ports copy it (RECIPE.md,
+# CFG; e.g. mlx-speech's granite_speech_asr config test): written by transformers 4.x
+RELEASED_CONFIG_KEYS = {
+    "": {"architectures", "audio_token_index", "downsample_rate", "encoder_config", "has_lora_adapter",
+         "initializer_range", "model_type", "projector_config", "text_config", "tie_word_embeddings",
+         "torch_dtype", "transformers_version", "window_size"},
+    "encoder_config": {"context_size", "conv_expansion_factor", "conv_kernel_size", "dim_head", "dropout",
+                       "feedforward_mult", "hidden_dim", "input_dim", "max_pos_emb", "model_type", "num_heads",
+                       "num_layers", "output_dim", "torch_dtype"},
+    "projector_config": {"attention_probs_dropout_prob", "cross_attention_frequency", "encoder_hidden_size",
+                         "hidden_act", "hidden_dropout_prob", "hidden_size", "initializer_range",
+                         "intermediate_size", "layer_norm_eps", "max_position_embeddings", "model_type",
+                         "num_attention_heads", "num_hidden_layers", "position_embedding_type", "torch_dtype",
+                         "use_qformer_text_input", "vocab_size"},
+    "text_config": {"attention_bias", "attention_dropout", "attention_multiplier", "bos_token_id",
+                    "embedding_multiplier", "eos_token_id", "hidden_act", "hidden_size", "initializer_range",
+                    "intermediate_size", "logits_scaling", "max_position_embeddings", "mlp_bias", "model_type",
+                    "num_attention_heads", "num_hidden_layers", "num_key_value_heads", "pad_token_id",
+                    "residual_multiplier", "rms_norm_eps", "rope_scaling", "rope_theta", "torch_dtype",
+                    "use_cache", "vocab_size"},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("layout", ["merged", "adapter"])
+def test_exported_config_carries_every_key_of_the_released_config(exports, layout):
+    config = json.loads((exports[layout] / "config.json").read_text())
+    for section, keys in RELEASED_CONFIG_KEYS.items():
+        have = config if not section else config[section]
+        assert not keys - set(have), (section, sorted(keys - set(have)))
+    assert config["torch_dtype"] == config["dtype"] == "float32"
+    assert config["text_config"]["rope_theta"] == config["text_config"]["rope_parameters"]["rope_theta"]
+    # transformers 5 reads the old names as the new ones: the same config as the model's
+    reloaded = GraniteSpeechForConditionalGeneration.config_class.from_pretrained(str(exports[layout]))
+    assert reloaded.text_config.rope_parameters == config["text_config"]["rope_parameters"]
+    assert reloaded.text_config.num_hidden_layers == config["text_config"]["num_hidden_layers"]
+
+
+def test_lora_alone_serves_on_the_base_model_like_the_merged_export(llm_dir, waves, tmp_path):
+    released = export_speech_llm(_new_speech(llm_dir), tmp_path / "released")  # fresh LoRA: B = 0, merged away
+    tuned = load_speech_llm(released)
+    tuned.add_lora(LoraSettings(rank=4, alpha=8.0, dropout=0.0))
+    _randomize_lora(tuned)
+    tuned.set_trainable(projector=False, lora=True)
+    assert only_lora_trained(tuned) is None
+    adapter = export_lora_adapter(tuned.eval(), tmp_path / "lora", base_model_name_or_path=str(released))
+    assert sorted(p.name for p in adapter.iterdir()) == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(released) and config["r"] == 4
+    with safe_open(str(adapter / "adapter_model.safetensors"), "pt") as f:
+        keys = set(f.keys())
+    # the granite-speech-3.3 adapter's names: vLLM's granite_speech maps them onto its LLM
+    layers = tuned.config.text_config.num_hidden_layers
+    assert keys == {
+        f"base_model.model.language_model.model.layers.{i}.self_attn.{proj}.lora_{ab}.weight"
+        for i in range(layers) for proj in ("q_proj", "v_proj") for ab in ("A", "B")
+    }  # fmt: skip
+    assert "--enable-lora --max-lora-rank 4" in (adapter / "README.md").read_text()
+
+    merged = export_speech_llm(tuned, tmp_path / "merged")
+    base, _, processor = _load(released)
+    base.load_adapter(str(adapter))  # transformers + peft, as a server would put it together
+    merged_model, _, _ = _load(merged)
+    for wave in waves:
+        served = _hf_logits(base, processor, wave)
+        assert (served - _hf_logits(merged_model, processor, wave)).abs().max() <= 1e-5
+        assert (served - _our_logits(tuned, wave)).abs().max() <= 1e-4
+
+    tuned.set_trainable(projector=True, lora=True)
+    assert "projector" in only_lora_trained(tuned) and "merged export" in only_lora_trained(tuned)
+    assert "no LoRA" in only_lora_trained(load_speech_llm(released))
 
 
 def test_bf16_export_then_merged_reexport_into_the_same_folder(speech, waves, tmp_path):

@@ -136,6 +136,20 @@ class TrainableParts:
 
 
 @dataclass
+class GradientCheckpointing:
+    """Recompute activations in backward instead of keeping them (less memory, ~a third slower).
+
+    Attributes:
+        llm: each LLM decoder layer (transformers' own checkpointing; needed at full size: 40
+            layers x batch tokens x 2048 per saved tensor).
+        encoder: each conformer layer (only matters when encoder layers train).
+    """
+
+    llm: bool = False
+    encoder: bool = False
+
+
+@dataclass
 class SpeechLLMLossConfig:
     """Training-only objectives beside the cross-entropy (none published: 0 in the published recipe).
 
@@ -191,6 +205,7 @@ class SpeechLLMModelConfig:
         train: what trains.
         loss: training-only auxiliary objectives.
         encoder_cache_gb: > 0 keeps the frozen encoder's outputs in memory (up to that size).
+        gradient_checkpointing: ``{llm, encoder}``: recompute those parts' activations in backward.
         attn_impl: the encoder's attention kernel.
         trust_remote_code: let transformers run code from the checkpoint (off unless asked).
     """
@@ -206,6 +221,7 @@ class SpeechLLMModelConfig:
     train: TrainableParts = field(default_factory=TrainableParts)
     loss: SpeechLLMLossConfig = field(default_factory=SpeechLLMLossConfig)
     encoder_cache_gb: float = 0.0
+    gradient_checkpointing: GradientCheckpointing = field(default_factory=GradientCheckpointing)
     attn_impl: str = "sdpa"
     trust_remote_code: bool = False
 
@@ -232,6 +248,7 @@ __all__ = [
     "PROJECTOR_PRESETS",
     "CTCLossConfig",
     "CTCModelConfig",
+    "GradientCheckpointing",
     "LoraSettings",
     "SpeechLLMLossConfig",
     "SpeechLLMModelConfig",

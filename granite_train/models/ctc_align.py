@@ -4,7 +4,9 @@
 character targets through its log-probabilities (``torchaudio.functional.forced_align``: the
 Viterbi path of CTC) and returns each word's start, end and confidence (mean posterior of its
 characters on that path). :func:`plan_segments` cuts a long recording into training utterances at
-the longest pauses between aligned words. The segmenter of long recordings
+the longest pauses between aligned words, and :func:`quietest_cuts` moves each cut to the quietest
+moment between its two words' centres (CTC spikes place word edges loosely; the pause itself is
+where the energy is lowest). The segmenter of long recordings
 (``python -m data_prep.segment``) is built on these two.
 """
 
@@ -156,6 +158,39 @@ def plan_segments(
     return segments
 
 
+def quietest_point(waveform: torch.Tensor, low: float, high: float, window: float = 0.05) -> float:
+    """The centre (s) of the ``window``-long stretch of ``waveform`` (1-D, 16 kHz) between ``low``
+    and ``high`` seconds with the least energy; ``(low + high) / 2`` when the range is too short."""
+    rate = 16000
+    size = max(1, int(window * rate))
+    lo, hi = max(0, int(low * rate)), min(waveform.shape[-1], int(high * rate))
+    if hi - lo < size:
+        return (low + high) / 2
+    hop = max(1, size // 4)
+    energy = waveform[lo:hi].float().pow(2).unfold(0, size, hop).mean(-1)
+    quietest = torch.nonzero(energy == energy.min()).flatten()
+    best = int(quietest[len(quietest) // 2])  # the middle of a silent run, not its edge
+    return (lo + best * hop + size / 2) / rate
+
+
+def quietest_cuts(
+    segments: list[Segment], words: list[WordSpan], waveform: torch.Tensor, max_seconds: float = 30.0
+) -> list[Segment]:
+    """``segments`` with each cut between two segments moved to the quietest point between the
+    centres of the last word before it and the first word after it (the words stay as planned; no
+    segment grows past ``max_seconds`` by the move)."""
+    out = [Segment(**vars(seg)) for seg in segments]
+    for left, right in zip(out, out[1:]):
+        before, after = words[left.last], words[right.first]
+        low = max((before.start + before.end) / 2, right.end - max_seconds)
+        high = min((after.start + after.end) / 2, left.start + max_seconds)
+        if high <= low:
+            continue
+        cut = quietest_point(waveform, low, high)
+        left.end = right.start = cut
+    return out
+
+
 def _segment(words: list[WordSpan], first: int, last: int, start: float, end: float) -> Segment:
     scored = [w.score for w in words[first : last + 1] if not math.isnan(w.score)]
     return Segment(
@@ -168,4 +203,12 @@ def _segment(words: list[WordSpan], first: int, last: int, start: float, end: fl
     )
 
 
-__all__ = ["AlignmentError", "Segment", "WordSpan", "align_words", "plan_segments"]
+__all__ = [
+    "AlignmentError",
+    "Segment",
+    "WordSpan",
+    "align_words",
+    "plan_segments",
+    "quietest_cuts",
+    "quietest_point",
+]

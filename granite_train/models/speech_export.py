@@ -33,6 +33,7 @@ the training run writes it with :func:`save_processor` to ``<output_dir>/process
 from __future__ import annotations
 
 import copy
+import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -62,8 +63,10 @@ __all__ = [
     "SpeechExportError",
     "build_processor",
     "checkpoint_stage",
+    "export_lora_adapter",
     "export_speech_checkpoint",
     "export_speech_llm",
+    "only_lora_trained",
     "read_speech_checkpoint",
     "save_processor",
     "speech_llm_from_checkpoint",
@@ -324,6 +327,29 @@ def _write_card(
     )
 
 
+def _add_released_keys(config_file: Path) -> None:
+    """Write the keys the released ``config.json`` files carry that transformers 5 renamed.
+
+    granite-4.0-1b-speech's config was written by transformers 4.x: ``torch_dtype`` (5: ``dtype``)
+    in every section, ``rope_theta`` / ``rope_scaling`` in the text config (5:
+    ``rope_parameters``) and the Q-Former's ``position_embedding_type``. Readers on transformers 4
+    (vLLM's pinned versions among them) look for those names; transformers 5 reads either.
+    """
+    config = json.loads(config_file.read_text())
+    dtype = config.get("dtype") or config.get("torch_dtype")
+    for section in (config, *(config.get(k) or {} for k in ("encoder_config", "projector_config", "text_config"))):
+        if dtype is not None:
+            section.setdefault("torch_dtype", section.get("dtype") or dtype)
+    text = config.get("text_config") or {}
+    rope = text.get("rope_parameters") or {}
+    if "rope_theta" in rope:
+        text.setdefault("rope_theta", rope["rope_theta"])
+        scaling = {k: v for k, v in rope.items() if k != "rope_theta"}
+        text.setdefault("rope_scaling", None if scaling.get("rope_type", "default") == "default" else scaling)
+    (config.get("projector_config") or {}).setdefault("position_embedding_type", "absolute")
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
 def _remove_stale(out: Path) -> None:
     for pattern in _STALE_PATTERNS:
         for path in out.glob(pattern):
@@ -378,6 +404,7 @@ def export_speech_llm(
     out.mkdir(parents=True, exist_ok=True)
     _remove_stale(out)
     model.save_pretrained(str(out))
+    _add_released_keys(out / "config.json")
     lora = hf.peft_config[_adapter_name(hf)] if speech.has_lora else None
     if keep_adapter:
         _save_adapter(hf, out, _as_dtype(dtype), base_model_name_or_path or out.resolve().name)
@@ -389,6 +416,71 @@ def export_speech_llm(
         out,
     )
     return out
+
+
+_VLLM_CARD = """\
+# LoRA adapter for {base}
+
+A peft LoRA adapter (rank {rank}, alpha {alpha} on {targets}) on the LLM of the GraniteSpeech
+model `{base}`, which stays as it is. Only the LLM changed: the encoder and the projector are the
+base model's.
+
+Serve with vLLM (its `granite_speech` serves a LoRA on the LLM):
+
+```bash
+vllm serve {base} --enable-lora --max-lora-rank {rank} --lora-modules {name}=<path to this folder>
+```
+
+then ask for the model `{name}`. With transformers (needs `peft`):
+`model = AutoModelForSpeechSeq2Seq.from_pretrained("{base}"); model.load_adapter("<this folder>")`.
+"""
+
+
+def export_lora_adapter(
+    speech: SpeechLLM,
+    out_dir: str | Path,
+    base_model_name_or_path: str,
+    dtype: torch.dtype | str | None = None,
+    served_name: str = "finetuned",
+) -> Path:
+    """Write ``speech``'s LoRA alone as a peft adapter folder, to serve on top of its base model.
+
+    The keys are the released granite-speech-3.3 adapter's
+    (``base_model.model.language_model.model.layers.N.self_attn.q_proj.lora_A.weight``): what vLLM's
+    ``granite_speech`` loads with ``--enable-lora`` and transformers' ``load_adapter`` reads. Only
+    valid when nothing but the LoRA trained: the server keeps the base model's encoder and
+    projector (see :func:`only_lora_trained`).
+    """
+    if not speech.has_lora:
+        raise SpeechExportError("the model has no LoRA adapter to export")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _save_adapter(speech.hf, out, _as_dtype(dtype), str(base_model_name_or_path))
+    lora = speech.hf.peft_config[_adapter_name(speech.hf)]
+    (out / "README.md").write_text(
+        _VLLM_CARD.format(
+            base=base_model_name_or_path,
+            rank=lora.r,
+            alpha=lora.lora_alpha,
+            targets=", ".join(sorted(lora.target_modules)),
+            name=served_name,
+        )
+    )
+    log.info("exported the LoRA adapter alone to %s (base: %s)", out, base_model_name_or_path)
+    return out
+
+
+def only_lora_trained(speech: SpeechLLM) -> str | None:
+    """None when only the LoRA trained (an adapter on the base model serves it); else why not."""
+    trained = [part for part in ("encoder", "projector", "llm") if part not in speech.frozen]
+    if not speech.has_lora:
+        return "the model has no LoRA adapter"
+    if trained:
+        return (
+            f"this run trained the {' and the '.join(trained)} as well as the LoRA; vLLM serves a LoRA on "
+            "the LLM only, so serve the merged export instead"
+        )
+    return None
 
 
 # --------------------------------------------------------------------------------------------------

@@ -215,6 +215,23 @@ class SpeechLLM(nn.Module):
                 counts[f"trainable/{part}"] = counts.get(f"trainable/{part}", 0) + param.numel()
         return counts
 
+    def set_gradient_checkpointing(self, llm: bool = False, encoder: bool = False) -> None:
+        """Recompute the LLM's decoder layers and / or the conformer layers in backward."""
+        model = self.language_model
+        # transformers 5 renamed gradient_ to activation_checkpointing; either name works there
+        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        disable = getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable
+        if llm:
+            # non-reentrant: works when the layer inputs need no grad (frozen embeddings + LoRA)
+            enable({"use_reentrant": False})
+        elif self.llm_checkpointing:
+            disable()
+        self.encoder.gradient_checkpointing = bool(encoder)
+
+    @property
+    def llm_checkpointing(self) -> bool:
+        return any(getattr(m, "gradient_checkpointing", False) for m in self.language_model.modules())
+
     # forward --------------------------------------------------------------------------------------
     def encode(self, features: torch.Tensor, feature_lengths: torch.Tensor) -> torch.Tensor:
         """Encoder output (B, T, D_enc) with the padded frames zeroed."""
@@ -485,6 +502,7 @@ def build_speech_llm(model: SpeechLLMModelConfig | Mapping[str, Any]) -> SpeechL
     if train["lora"] is None:
         train["lora"] = speech.has_lora
     speech.set_trainable(**train)
+    speech.set_gradient_checkpointing(**asdict(cfg.gradient_checkpointing))
     return speech
 
 

@@ -175,10 +175,18 @@ class ValidationConfig:
 
 @dataclass
 class ExportConfig:
-    """The final export (stage 2): ``merge_lora`` folds LoRA into the weights; false keeps the
-    adapter beside them (the 3.3 layout)."""
+    """The final export (stage 2).
+
+    Attributes:
+        merge_lora: fold the LoRA into the weights (``speech_llm_hf/``); false keeps the adapter
+            beside them (the 3.3 layout).
+        lora_adapter: also write the LoRA alone (``speech_llm_lora/``) for vLLM's ``--enable-lora``
+            on the base model (``model.init``); only when nothing else trained (else the reason is
+            logged and the merged folder is what to serve).
+    """
 
     merge_lora: bool = True
+    lora_adapter: bool = False
 
 
 @dataclass

@@ -15,6 +15,7 @@ and ``recipes/`` for complete runs. Output layout of ``output_dir``::
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import warnings
@@ -135,9 +136,18 @@ def _export(cfg: RecipeConfig, module: L.LightningModule, output_dir: Path) -> P
         from granite_train.models.export import export_hf_encoder
 
         return export_hf_encoder(module.encoder, output_dir / "encoder_hf")
-    from granite_train.models.speech_export import export_speech_llm
+    from granite_train.models.speech_export import export_lora_adapter, export_speech_llm, only_lora_trained
 
-    return export_speech_llm(module.model, output_dir / "speech_llm_hf", merge_lora=cfg.export.merge_lora)
+    folder = export_speech_llm(module.model, output_dir / "speech_llm_hf", merge_lora=cfg.export.merge_lora)
+    if cfg.export.lora_adapter:
+        why_not = only_lora_trained(module.model)
+        if why_not is None and not cfg.model.init:
+            why_not = "the base model is not a released checkpoint (model.init)"
+        if why_not is None:
+            export_lora_adapter(module.model, output_dir / "speech_llm_lora", cfg.model.init)
+        else:
+            log.warning("export.lora_adapter: no adapter written: %s (%s)", why_not, folder)
+    return folder
 
 
 @dataclass
@@ -183,6 +193,20 @@ def _resume_path(resume: str | None, ckpt_dir: Path) -> str | None:
     if not path.exists():
         raise FileNotFoundError(f"resume checkpoint {path} does not exist")
     return str(path)
+
+
+def _report_memory(speech, max_frames: int, precision: str, device: torch.device, output_dir: Path) -> None:
+    """Print (and write) what a training step will need, before the first one runs."""
+    from granite_train.training.memory import estimate_step_memory
+
+    try:
+        estimate = estimate_step_memory(speech, max_frames, precision, device)
+    except Exception as err:  # advisory only: a model the dry run cannot trace still trains
+        log.warning("memory estimate skipped (%s: %s)", type(err).__name__, err)
+        return
+    print(estimate.report(), flush=True)
+    record = {**vars(estimate), "total": estimate.total, "fits": estimate.fits(), "frames_that_fit": estimate.frames_that_fit()}
+    (output_dir / "memory_estimate.json").write_text(json.dumps(record, indent=2))
 
 
 def train(
@@ -335,6 +359,8 @@ def _train(cfg: RecipeConfig, extra_callbacks: list[L.Callback]) -> TrainResult:
             from granite_train.models.speech_export import save_processor
 
             save_processor(module.model, output_dir / "processor")
+            max_frames = datamodule.train_config.max_frames
+            _report_memory(module.model, max_frames, precision, trainer.strategy.root_device, output_dir)
     ckpt_path = _resume_path(cfg.resume, ckpt_dir)
     if ckpt_path:
         log.info("resuming from %s", ckpt_path)
