@@ -3,6 +3,8 @@
     .venv/bin/python scripts/longform_eval.py --model ENCODER_OR_SPEECH_FOLDER --clips fsdd \
         --speakers george,jackson,nicolas --out work/longform/fsdd
     .venv/bin/python scripts/longform_eval.py --model ... --clips work/corpus/tts_en --split test --out work/longform/tts
+    .venv/bin/python scripts/longform_eval.py --clips fsdd --speakers yweweler --limit 500 \
+        --min-seconds 10 --max-seconds 30 --build-only --out work/fsdd_sets/yweweler_long   # a test set
 
 Clips (FSDD digits, or a parquet corpus such as the espeak-ng test split) are joined in a seeded
 order into recordings of 60-120 s with pauses of 0.3-1.0 s between clips (silence, or low noise at
@@ -111,7 +113,7 @@ def score(truth: list[dict], segments_dir: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True)
+    parser.add_argument("--model", default=None, help="the aligner (needed unless --build-only)")
     parser.add_argument("--clips", required=True, help="'fsdd' or a dataset path")
     parser.add_argument("--split", default="train")
     parser.add_argument("--speakers", default=None, help="comma-separated (FSDD)")
@@ -120,6 +122,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--min-seconds", type=float, default=60.0)
     parser.add_argument("--max-seconds", type=float, default=120.0)
+    parser.add_argument(
+        "--build-only", action="store_true", help="write the joined recordings (a test set with exact transcripts) only"
+    )
     parser.add_argument("--segment-args", default="--lowercase --min-score 0.0", help="for data_prep.segment")
     args = parser.parse_args()
     root = Path(__file__).resolve().parents[1]
@@ -133,6 +138,11 @@ def main() -> None:
         args.min_seconds,
         args.max_seconds,
     )
+    if args.build_only:
+        print(f"{len(truth)} recordings with their transcripts: {out / 'long' / 'manifest.jsonl'}")
+        return
+    if not args.model:
+        parser.error("--model is required unless --build-only")
     cmd = [sys.executable, "-m", "data_prep.segment", "--model", args.model, "--data", str(out / "long" / "manifest.jsonl"),
            "--out", str(out / "segments"), "--language", "en", *args.segment_args.split()]  # fmt: skip
     subprocess.run(cmd, check=True, cwd=root)

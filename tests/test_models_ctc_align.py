@@ -109,3 +109,14 @@ def test_quietest_point_is_the_middle_of_a_silent_run():
     wave[4000:8000] = 0.0  # 0.25-0.5 s silent
     assert quietest_point(wave, 0.0, 1.0) == pytest.approx(0.375, abs=0.01)
     assert quietest_point(wave, 0.9, 0.91) == pytest.approx(0.905)  # shorter than the window
+
+
+def test_the_longest_quiet_run_wins_over_a_quieter_short_one_and_prefer_is_kept_inside():
+    g = torch.Generator().manual_seed(1)
+    wave = 0.3 * torch.randn(16000, generator=g)  # speech-level noise
+    wave[1600:3200] = 0.0  # 0.1-0.2 s: a word's own digital-silence tail, short
+    wave[6400:14400] = 10 ** (-50 / 20) * torch.randn(8000, generator=g)  # 0.4-0.9 s: a -50 dBFS pause
+    assert 0.6 < quietest_point(wave, 0.0, 1.0) < 0.7  # the middle of the long noisy pause
+    assert quietest_point(wave, 0.0, 1.0, prefer=0.75) == pytest.approx(0.75)  # inside: kept
+    # outside: moved 0.1 s into the pause (within a frame)
+    assert quietest_point(wave, 0.0, 1.0, prefer=0.15) == pytest.approx(0.525, abs=0.02)

@@ -4,9 +4,9 @@
 character targets through its log-probabilities (``torchaudio.functional.forced_align``: the
 Viterbi path of CTC) and returns each word's start, end and confidence (mean posterior of its
 characters on that path). :func:`plan_segments` cuts a long recording into training utterances at
-the longest pauses between aligned words, and :func:`quietest_cuts` moves each cut to the quietest
-moment between its two words' centres (CTC spikes place word edges loosely; the pause itself is
-where the energy is lowest). The segmenter of long recordings
+the longest pauses between aligned words, and :func:`quietest_cuts` moves each cut to the middle of
+the longest quiet stretch between its two words' centres (CTC spikes place word edges loosely; the
+pause itself is quiet). The segmenter of long recordings
 (``python -m data_prep.segment``) is built on these two.
 """
 
@@ -23,6 +23,7 @@ from granite_train.text.targets import CTCTargetBuilder
 from granite_train.text.vocab import BLANK_ID
 
 FRAME_SECONDS = 1.0 / LogMelFeatures.FRAME_RATE
+SILENCE_ENERGY = 10 ** (-45 / 10)  # mean square of a -45 dBFS signal: silence whatever the speech level
 
 
 class AlignmentError(ValueError):
@@ -158,19 +159,41 @@ def plan_segments(
     return segments
 
 
-def quietest_point(waveform: torch.Tensor, low: float, high: float, window: float = 0.05) -> float:
-    """The centre (s) of the ``window``-long stretch of ``waveform`` (1-D, 16 kHz) between ``low``
-    and ``high`` seconds with the least energy; ``(low + high) / 2`` when the range is too short."""
+def quietest_point(
+    waveform: torch.Tensor, low: float, high: float, prefer: float | None = None, window: float = 0.05
+) -> float:
+    """A point (s) in the longest quiet stretch of ``waveform`` (1-D, 16 kHz) between ``low`` and
+    ``high`` seconds: the one nearest ``prefer`` at least 0.1 s inside the stretch (its middle when
+    ``prefer`` is None or the stretch is short); ``(low + high) / 2`` when the range is shorter than
+    one ``window``.
+
+    Quiet: ``window``-long frames within 10 dB of the quietest frame, 30 dB or more below the
+    loudest, or under -45 dBFS. Taking the longest such run, not the single quietest frame, keeps the cut in the
+    pause rather than in a word's own trailing silence (which can be quieter than a noisy pause).
+    """
     rate = 16000
     size = max(1, int(window * rate))
     lo, hi = max(0, int(low * rate)), min(waveform.shape[-1], int(high * rate))
     if hi - lo < size:
         return (low + high) / 2
     hop = max(1, size // 4)
-    energy = waveform[lo:hi].float().pow(2).unfold(0, size, hop).mean(-1)
-    quietest = torch.nonzero(energy == energy.min()).flatten()
-    best = int(quietest[len(quietest) // 2])  # the middle of a silent run, not its edge
-    return (lo + best * hop + size / 2) / rate
+    energy = waveform[lo:hi].double().pow(2).unfold(0, size, hop).mean(-1)
+    floor = max(10 * float(energy.min()), 1e-3 * float(energy.max()), SILENCE_ENERGY)
+    quiet = (energy <= floor).tolist()
+    best_start, best_length, start = 0, 0, None
+    for i, flag in enumerate([*quiet, False]):
+        if flag and start is None:
+            start = i
+        elif not flag and start is not None:
+            if i - start > best_length:
+                best_start, best_length = start, i - start
+            start = None
+    first = (lo + best_start * hop + size / 2) / rate
+    last = (lo + (best_start + best_length - 1) * hop + size / 2) / rate
+    margin = min(0.1, (last - first) / 2)
+    if prefer is None:
+        return (first + last) / 2
+    return min(max(prefer, first + margin), last - margin)
 
 
 def quietest_cuts(
@@ -186,7 +209,8 @@ def quietest_cuts(
         high = min((after.start + after.end) / 2, left.start + max_seconds)
         if high <= low:
             continue
-        cut = quietest_point(waveform, low, high)
+        # nearest the aligned gap's middle: where the alignment is good, that is the pause's middle
+        cut = quietest_point(waveform, low, high, prefer=left.end)
         left.end = right.start = cut
     return out
 
