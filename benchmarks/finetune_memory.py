@@ -53,7 +53,9 @@ def main() -> None:
     args = parser.parse_args()
 
     rows = []
-    print("| batch | precision | LLM checkpointing | weights | grads + AdamW | activations | total | fits 24 / 80 / 141 GiB | batch that fits 24 GiB |")
+    print(
+        "| batch | precision | LLM checkpointing | weights | grads + AdamW | activations | total | fits 24 / 80 / 141 GiB | batch that fits 24 GiB |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for precision, weights_dtype in (("bf16-mixed", torch.float32), ("bf16-true", torch.bfloat16)):
         speech = full_size_model(weights_dtype)

@@ -115,7 +115,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     targets = CTCTargetBuilder(CharVocab("drop"), lowercase=args.lowercase, strip_punctuation=args.lowercase)
     records = _records(args.data, args.split, args.language, args.limit)
     settings = {
-        k: getattr(args, k) for k in ("model", "max_seconds", "min_seconds", "min_score", "lowercase", "quiet_cuts")
+        k: getattr(args, k)
+        for k in ("model", "max_seconds", "min_seconds", "min_score", "lowercase", "quiet_cuts")
     }
     per_shard = []
     bar = tqdm(total=len(records), desc="segment", unit="rec", disable=args.quiet)

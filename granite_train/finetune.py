@@ -217,4 +217,11 @@ def run_finetune(cfg: Mapping[str, Any]) -> str:
     return table
 
 
-__all__ = ["TRAINS", "finetune_sources", "recipe_overrides", "results_markdown", "run_finetune", "serving_note"]
+__all__ = [
+    "TRAINS",
+    "finetune_sources",
+    "recipe_overrides",
+    "results_markdown",
+    "run_finetune",
+    "serving_note",
+]

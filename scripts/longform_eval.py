@@ -123,7 +123,9 @@ def main() -> None:
     parser.add_argument("--min-seconds", type=float, default=60.0)
     parser.add_argument("--max-seconds", type=float, default=120.0)
     parser.add_argument(
-        "--build-only", action="store_true", help="write the joined recordings (a test set with exact transcripts) only"
+        "--build-only",
+        action="store_true",
+        help="write the joined recordings (a test set with exact transcripts) only",
     )
     parser.add_argument("--segment-args", default="--lowercase --min-score 0.0", help="for data_prep.segment")
     args = parser.parse_args()

@@ -77,7 +77,9 @@ def test_overrides_compose_into_the_finetuning_recipe(trains, tmp_path):
 def test_gradient_checkpointing_knob_reaches_llm_and_encoder(tmp_path):
     cfg = {**BASE, "gradient_checkpointing": True}
     overrides = recipe_overrides(cfg, finetune_sources(cfg)["train"], tmp_path / "train")
-    checkpointing = load_recipe_config(load_recipe("speech_llm_finetune", overrides)).model.gradient_checkpointing
+    checkpointing = load_recipe_config(
+        load_recipe("speech_llm_finetune", overrides)
+    ).model.gradient_checkpointing
     assert checkpointing.llm and checkpointing.encoder
 
 
@@ -157,7 +159,9 @@ def test_finetune_end_to_end_keeps_the_held_out_speaker_out_of_training(tmp_path
     assert "| heldout | 6 |" in (out / "results.md").read_text()
     # the memory estimate came before the first step, and the run is CPU-sized: it fits
     memory = json.loads((out / "train" / "memory_estimate.json").read_text())
-    assert memory["fits"] is True and memory["activations"] > 0 and "memory estimate for a batch" in run.stdout
+    assert (
+        memory["fits"] is True and memory["activations"] > 0 and "memory estimate for a batch" in run.stdout
+    )
     assert not (out / "train" / "speech_llm_lora").exists()  # the projector trained: merged only
 
 
@@ -187,7 +191,9 @@ def test_finetune_lora_only_serves_as_an_adapter_on_the_released_model(tmp_path)
     with torch.no_grad():
         logits = served(**inputs).logits
         assert (logits - reference(**inputs).logits).abs().max() <= 1e-4
-        trained = (logits - AutoModelForSpeechSeq2Seq.from_pretrained(str(model)).eval()(**inputs).logits).abs()
+        trained = (
+            logits - AutoModelForSpeechSeq2Seq.from_pretrained(str(model)).eval()(**inputs).logits
+        ).abs()
         assert trained.max() > 1e-3  # the adapter changed the model: the comparison means something
         ids = [m.generate(**inputs, max_new_tokens=6, do_sample=False).tolist() for m in (served, reference)]
     assert ids[0] == ids[1]

@@ -19,11 +19,11 @@ from granite_train.models.checkpoints import checkpoint_stage, speech_llm_metada
 from granite_train.models.config import LoraSettings
 from granite_train.models.encoder import CTCEncoder, encoder_config
 from granite_train.models.speech_export import (
-    export_lora_adapter,
-    only_lora_trained,
     SpeechExportError,
+    export_lora_adapter,
     export_speech_checkpoint,
     export_speech_llm,
+    only_lora_trained,
     save_processor,
 )
 from granite_train.models.speech_llm import SpeechLLM, assemble_speech_llm, load_speech_llm
@@ -272,14 +272,20 @@ def test_exported_config_carries_every_key_of_the_released_config(exports, layou
 
 
 def test_lora_alone_serves_on_the_base_model_like_the_merged_export(llm_dir, waves, tmp_path):
-    released = export_speech_llm(_new_speech(llm_dir), tmp_path / "released")  # fresh LoRA: B = 0, merged away
+    released = export_speech_llm(
+        _new_speech(llm_dir), tmp_path / "released"
+    )  # fresh LoRA: B = 0, merged away
     tuned = load_speech_llm(released)
     tuned.add_lora(LoraSettings(rank=4, alpha=8.0, dropout=0.0))
     _randomize_lora(tuned)
     tuned.set_trainable(projector=False, lora=True)
     assert only_lora_trained(tuned) is None
     adapter = export_lora_adapter(tuned.eval(), tmp_path / "lora", base_model_name_or_path=str(released))
-    assert sorted(p.name for p in adapter.iterdir()) == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
+    assert sorted(p.name for p in adapter.iterdir()) == [
+        "README.md",
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    ]
     config = json.loads((adapter / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == str(released) and config["r"] == 4
     with safe_open(str(adapter / "adapter_model.safetensors"), "pt") as f:

@@ -337,7 +337,10 @@ def _add_released_keys(config_file: Path) -> None:
     """
     config = json.loads(config_file.read_text())
     dtype = config.get("dtype") or config.get("torch_dtype")
-    for section in (config, *(config.get(k) or {} for k in ("encoder_config", "projector_config", "text_config"))):
+    for section in (
+        config,
+        *(config.get(k) or {} for k in ("encoder_config", "projector_config", "text_config")),
+    ):
         if dtype is not None:
             section.setdefault("torch_dtype", section.get("dtype") or dtype)
     text = config.get("text_config") or {}

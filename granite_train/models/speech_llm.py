@@ -219,8 +219,12 @@ class SpeechLLM(nn.Module):
         """Recompute the LLM's decoder layers and / or the conformer layers in backward."""
         model = self.language_model
         # transformers 5 renamed gradient_ to activation_checkpointing; either name works there
-        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-        disable = getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable
+        enable = (
+            getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        )
+        disable = (
+            getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable
+        )
         if llm:
             # non-reentrant: works when the layer inputs need no grad (frozen embeddings + LoRA)
             enable({"use_reentrant": False})

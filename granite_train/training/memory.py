@@ -136,7 +136,9 @@ def _default_dtype(dtype: torch.dtype):
 _SDPA = torch.nn.functional.scaled_dot_product_attention
 
 
-def _flash_shaped_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+def _flash_shaped_sdpa(
+    query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False
+):
     """``scaled_dot_product_attention`` on ``meta`` with what a fused kernel saves for backward.
 
     On ``meta`` the op decomposes into the math path, which keeps the (T x T) probabilities of every
@@ -227,15 +229,21 @@ def step_activation_bytes(speech, batch_frames: int, utterance_seconds: float = 
     device = next(speech.parameters()).device  # meta for a dry run; a real device measures
 
     def forward() -> torch.Tensor:
-        features = torch.zeros(utterances, frames, speech.encoder.config.input_dim, device=device, dtype=dtype)
+        features = torch.zeros(
+            utterances, frames, speech.encoder.config.input_dim, device=device, dtype=dtype
+        )
         hidden = speech.encode(features, lengths.to(device))
         audio_embeds = speech.projector(hidden)[:, :audio]
         ids = torch.zeros(utterances, text, dtype=torch.long, device=device)
         embeds = torch.cat([audio_embeds, speech.language_model.embed_tokens(ids)], dim=1)
         # a ready 4-D mask (as a padded batch gets): transformers' own mask building reads values
         length = embeds.shape[1]
-        mask = torch.ones(length, length, dtype=torch.bool, device=device).tril().expand(utterances, 1, -1, -1)
-        out = speech.language_model(inputs_embeds=embeds, attention_mask=mask, use_cache=False).last_hidden_state
+        mask = (
+            torch.ones(length, length, dtype=torch.bool, device=device).tril().expand(utterances, 1, -1, -1)
+        )
+        out = speech.language_model(
+            inputs_embeds=embeds, attention_mask=mask, use_cache=False
+        ).last_hidden_state
         logits = speech.hf.lm_head(out[:, -targets - 1 : -1].reshape(-1, out.shape[-1])).float()
         labels = torch.zeros(logits.shape[0], dtype=torch.long, device=device)
         return torch.nn.functional.cross_entropy(logits, labels)
@@ -265,7 +273,13 @@ def estimate_step_memory(
         state_size, compute = 2, torch.float16
     else:  # fp32 weights (mixed precision keeps them; the optimizer works on them)
         state_size = 4
-        compute = torch.bfloat16 if precision.startswith("bf16") else torch.float16 if precision.startswith("16") else torch.float32
+        compute = (
+            torch.bfloat16
+            if precision.startswith("bf16")
+            else torch.float16
+            if precision.startswith("16")
+            else torch.float32
+        )
     trained_numel = sum(p.numel() for p in trained)
     twin = meta_twin(speech, compute)
     activations = step_activation_bytes(twin, batch_frames, utterance_seconds)

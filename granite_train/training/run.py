@@ -205,7 +205,12 @@ def _report_memory(speech, max_frames: int, precision: str, device: torch.device
         log.warning("memory estimate skipped (%s: %s)", type(err).__name__, err)
         return
     print(estimate.report(), flush=True)
-    record = {**vars(estimate), "total": estimate.total, "fits": estimate.fits(), "frames_that_fit": estimate.frames_that_fit()}
+    record = {
+        **vars(estimate),
+        "total": estimate.total,
+        "fits": estimate.fits(),
+        "frames_that_fit": estimate.frames_that_fit(),
+    }
     (output_dir / "memory_estimate.json").write_text(json.dumps(record, indent=2))
 
 
