@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Idempotent set-up: system packages (espeak-ng, apertium-eng-spa), a virtualenv, granite-train with pinned deps.
+# Idempotent set-up: system packages (espeak-ng, apertium-eng-spa / eng-cat / spa-cat), a virtualenv, granite-train with pinned deps.
 # Re-running is cheap: pip runs again only when pyproject.toml or constraints.txt changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +11,9 @@ command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
 # (list first, then grep: `grep -q` closing the pipe early would fail the pipeline under pipefail)
 modes=$(apertium -l 2>/dev/null || true)
 grep -qE '^\s*(en-es|eng-spa)\s*$' <<<"$modes" || missing+=(apertium apertium-eng-spa)
+# and the English->Catalan->Spanish pivot that checks it (the multi-task recipe's AST data)
+grep -qE '^\s*(en-ca|eng-cat)\s*$' <<<"$modes" || missing+=(apertium-eng-cat)
+grep -qE '^\s*(ca-es|cat-spa)\s*$' <<<"$modes" || missing+=(apertium-spa-cat)
 if ((${#missing[@]})); then
   echo "[setup] installing system packages: ${missing[*]}"
   SUDO=""

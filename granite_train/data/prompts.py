@@ -47,7 +47,10 @@ class PromptConfig:
         vary_instructions: draw a variant per example; ``False`` always uses the first (evaluation).
         system_prompt: optional system message before the user turn.
         normalize_targets: lowercase and strip punctuation from ASR targets (espeak audio carries
-            neither case nor punctuation); AST targets are left as written.
+            neither case nor punctuation); AST targets are left as written unless
+            ``normalize_translations``.
+        normalize_translations: the same for AST targets, keeping the ``[Transcription]`` /
+            ``[Translation]`` marks (a tiny LLM pretrained on normalised text).
         max_target_tokens: longer targets are truncated (EOS kept) and counted.
     """
 
@@ -56,6 +59,7 @@ class PromptConfig:
     vary_instructions: bool = True
     system_prompt: str | None = None
     normalize_targets: bool = False
+    normalize_translations: bool = False
     max_target_tokens: int = 256
 
     def __post_init__(self) -> None:
@@ -83,6 +87,11 @@ class TokenizedExample:
 
 
 def normalize_target(text: str) -> str:
+    """Lowercased, punctuation-free, whitespace collapsed; a ``[Transcription] ... [Translation]
+    ...`` target keeps its two marks (each part normalised)."""
+    if TRANSLATION_MARK in text and text.lstrip().startswith(TRANSCRIPTION_MARK):
+        source = text.lstrip()[len(TRANSCRIPTION_MARK) : text.lstrip().rfind(TRANSLATION_MARK)]
+        return f"{TRANSCRIPTION_MARK} {normalize_target(source)} {TRANSLATION_MARK} {normalize_target(translation_part(text))}"
     text = _PUNCT.sub(" ", unicodedata.normalize("NFKC", text).lower())
     return " ".join(text.split())
 
@@ -158,7 +167,8 @@ class PromptBuilder:
 
     def target_ids(self, record: Mapping[str, Any]) -> tuple[list[int], bool]:
         text = record.get("text") or ""
-        if self.config.normalize_targets and (record.get("task") or "asr") == "asr":
+        task = record.get("task") or "asr"
+        if (self.config.normalize_targets and task == "asr") or (self.config.normalize_translations and task == "ast"):
             text = normalize_target(text)
         ids = self.tokenizer(" " + text.strip(), add_special_tokens=False).input_ids
         limit = self.config.max_target_tokens
@@ -170,6 +180,21 @@ class PromptBuilder:
         n_audio = audio_token_count(num_samples, self.window_size, self.downsample_rate)
         target, truncated = self.target_ids(record)
         return TokenizedExample(self.prompt_ids(instruction, n_audio), target, instruction, truncated)
+
+
+TRANSCRIPTION_MARK, TRANSLATION_MARK = "[Transcription]", "[Translation]"
+
+
+def translation_part(text: str) -> str:
+    """The translation of a ``[Transcription] ... [Translation] ...`` target (else ``text``)."""
+    at = text.rfind(TRANSLATION_MARK)
+    return text[at + len(TRANSLATION_MARK) :].strip() if at >= 0 else text.strip()
+
+
+def task_label(record: Mapping[str, Any]) -> str:
+    """``asr``, ``asr+keywords`` (a keyword list in the prompt) or ``ast``: the counted task."""
+    task = record.get("task") or "asr"
+    return f"{task}+keywords" if record.get("prompt_suffix") else task
 
 
 @dataclass
@@ -184,6 +209,8 @@ class SpeechLLMBatch(Batch):
     instructions: list[str] | None = None
     tasks: list[str] | None = None
     target_languages: list[str | None] | None = None
+    task_labels: list[str] | None = None  # asr, asr+keywords, ast: what the mixture served, per example
+    bias_words: list[list[str]] | None = None  # a keyword example's words to be biased towards (else [])
 
 
 def _pad(seqs: Sequence[list[int]], value: int, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -228,4 +255,6 @@ class SpeechLLMCollator:
             instructions=[t.instruction for t in tokens],
             tasks=[e.record.get("task") or "asr" for e in items],
             target_languages=[e.record.get("target_language") for e in items],
+            task_labels=[task_label(e.record) for e in items],
+            bias_words=[list(e.record.get("bias_words") or []) for e in items],
         )

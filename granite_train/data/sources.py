@@ -44,7 +44,8 @@ class SourceSpec:
         weight: Multiplier on this source's sampling probability (see :mod:`.mixture`).
         size: Relative size (hours or examples) used for alpha balancing; 1.0 when unknown.
         audio_column: Column holding audio (``Audio`` struct, path string or bytes).
-        text_column: Column holding the transcript.
+        text_column: Column holding the transcript (the target). With the default ``text``, a row
+            without it takes ``target_text`` (``data_prep.translate``'s output) instead.
         id_column: Column with a unique id; ``None`` uses the audio path or a running index.
         language: Language code for every example, or ``None`` to read ``language_column``.
         language_column: Column with per-example language codes.
@@ -274,6 +275,9 @@ def normalize_record(
         # Fall back to a running index: stable for a fixed (world size, workers) layout.
         sample_id = f"{index:09d}"
     text = row.get(spec.text_column)
+    if text is None and spec.text_column == "text":
+        # data_prep.translate writes the training target as target_text (the transcript is source_text)
+        text = row.get("target_text")
     language = spec.language
     if language is None and spec.language_column:
         language = row.get(spec.language_column)

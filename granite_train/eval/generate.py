@@ -42,7 +42,13 @@ from tqdm import tqdm
 from granite_train.audio.features import LogMelFeatures
 from granite_train.data.collate import Collator, ExampleBatch
 from granite_train.data.pipeline import SpeechDataPipeline, build_dataloader
-from granite_train.data.prompts import PromptBuilder, PromptConfig, SpeechLLMCollator
+from granite_train.data.prompts import (
+    PromptBuilder,
+    PromptConfig,
+    SpeechLLMCollator,
+    normalize_target,
+    translation_part,
+)
 from granite_train.data.sources import SourceSpec
 from granite_train.eval.biasing import biasing_error_rates, biasing_markdown
 from granite_train.eval.metrics import NO_SPACE_LANGUAGES, error_rates
@@ -154,10 +160,17 @@ class _GenerationCollator:
     The pipeline's final tally batches (no examples) pass through as they are.
     """
 
-    def __init__(self, inner: SpeechLLMCollator, target_language: str | None, keywords_in_prompt: bool):
+    def __init__(
+        self,
+        inner: SpeechLLMCollator,
+        target_language: str | None,
+        keywords_in_prompt: bool,
+        zero_audio: bool = False,
+    ):
         self.inner = inner
         self.target_language = target_language
         self.keywords_in_prompt = keywords_in_prompt
+        self.zero_audio = zero_audio
 
     def __call__(self, examples: ExampleBatch):
         if isinstance(examples, ExampleBatch) and not examples.examples:
@@ -172,6 +185,8 @@ class _GenerationCollator:
             elif not record.get("prompt_suffix") and record.get("keywords"):
                 record["prompt_suffix"] = KEYWORDS_PREFIX + ", ".join(record["keywords"])
             e.record = record
+            if self.zero_audio:  # silence of the same length: the same prompt, nothing to hear
+                e.waveform = torch.zeros_like(e.waveform)
         batch = self.inner(examples)
         # what scoring needs of each record (an attribute, so it survives the loader's workers)
         batch.keyword_fields = [
@@ -230,6 +245,7 @@ def _decode_pass(
         SpeechLLMCollator(prompts, Collator(compute_features=not features_on_device)),
         dataset.target_language,
         keywords_in_prompt,
+        settings.zero_audio,
     )
     loader = build_dataloader(pipeline, num_workers=settings.num_workers, collator=collator)
     bar = tqdm(desc=f"generate {name}", unit="utt", disable=not settings.progress, dynamic_ncols=True)
@@ -304,6 +320,7 @@ def _score(
     name: str,
     normalizer: str,
     wall: float,
+    normalize_translations: bool = False,
 ) -> EvalResult:
     spec = dataset.source
     languages = Counter(r["language"] or "?" for r in rows)
@@ -323,6 +340,9 @@ def _score(
         target = dataset.target_language or (targets.most_common(1)[0][0] if targets else None)
         tokenize = bleu_tokenizer(target)
         metric = BLEU(tokenize=tokenize)
+        # the translation of a "[Transcription] ... [Translation] ..." output or reference
+        refs = [translation_part(normalize_target(r) if normalize_translations else r) for r in refs]
+        hyps = [translation_part(h) for h in hyps]
         score = metric.corpus_score(hyps, [refs]) if rows else None
         result = EvalResult(
             name=name,
@@ -433,7 +453,9 @@ def evaluate_speech_llm(
                 _is_keyword_record(r["_record"]) for _, rows, _ in per_condition.values() for r in rows
             )
             for cond, (label, rows, info) in per_condition.items():
-                result = _finish(dataset, label, rows, info, normalizer, keyword_set, cond)
+                result = _finish(
+                    dataset, label, rows, info, normalizer, keyword_set, cond, settings.normalize_translations
+                )
                 result.details.update(
                     decoding="greedy" if num_beams == 1 else f"beam_search({num_beams})",
                     num_beams=num_beams,
@@ -468,6 +490,7 @@ def _finish(
     normalizer: str,
     keyword_set: bool,
     keywords_in_prompt: bool,
+    normalize_translations: bool = False,
 ) -> EvalResult:
     if keyword_set:
         language = dataset.source.language or next((r["language"] for r in rows if r["language"]), None)
@@ -477,7 +500,7 @@ def _finish(
             r["keywords_in_prompt"] = keywords_in_prompt
     for r in rows:
         r.pop("_record", None)
-    result = _score(rows, dataset, label, normalizer, info["wall"])
+    result = _score(rows, dataset, label, normalizer, info["wall"], normalize_translations)
     result.details.update(
         records=info["records"],
         skipped=info["skipped"],

@@ -57,6 +57,10 @@ class EvalSettings:
         batch_size: generation: at most this many utterances per batch (None: max_frames alone).
         generate_normalizer: ASR normalizer of generation scoring (``auto``: Whisper English for en).
         keywords_in_prompt: keyword sets: ``true`` | ``false`` | ``both`` (the B-WER table).
+        zero_audio: replace every waveform by silence of the same length: what the model says
+            without hearing anything (AST: a BLEU gap shows the audio is read).
+        normalize_translations: AST: score against references normalised as the targets were
+            (``prompts.normalize_translations`` in training: lowercase, no punctuation).
     """
 
     device: str = "auto"
@@ -73,6 +77,8 @@ class EvalSettings:
     batch_size: int | None = None
     generate_normalizer: str = "auto"
     keywords_in_prompt: bool | str = True
+    zero_audio: bool = False
+    normalize_translations: bool = False
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:

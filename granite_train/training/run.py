@@ -195,6 +195,18 @@ def _resume_path(resume: str | None, ckpt_dir: Path) -> str | None:
     return str(path)
 
 
+def _write_summary(output_dir: Path, steps: int, counters: dict[str, float], metrics: dict[str, float]) -> None:
+    """``summary.json`` (steps, counters, last metrics) and what the mixture served, printed."""
+    from granite_train.training.step_module import counter_shares
+
+    (output_dir / "summary.json").write_text(
+        json.dumps({"steps": steps, "counters": counters, "metrics": metrics}, indent=2, sort_keys=True)
+    )
+    for what, prefix in (("source", "seen/"), ("task", "task/")):
+        if shares := counter_shares(counters, prefix):
+            print(f"[summary] examples trained on per {what} (rank 0): {shares}", flush=True)
+
+
 def _report_memory(speech, max_frames: int, precision: str, device: torch.device, output_dir: Path) -> None:
     """Print (and write) what a training step will need, before the first one runs."""
     from granite_train.training.memory import estimate_step_memory
@@ -261,6 +273,7 @@ def _build_stage(cfg: RecipeConfig, max_steps: int):
         max_new_tokens=cfg.validation.max_new_tokens,
         fault_injection=cfg.debug.fault_injection,
     )
+    module.normalized_translations = bool(cfg.prompts.normalize_translations)
     speech = module.model
 
     def wrap(collator: Collator, train: bool) -> SpeechLLMCollator:
@@ -386,6 +399,8 @@ def _train(cfg: RecipeConfig, extra_callbacks: list[L.Callback]) -> TrainResult:
             log.info("loss / CER curves: %s", png)
     if trainer.is_global_zero and tcfg.export_hf:
         _export(cfg, module, output_dir)
+    if trainer.is_global_zero:
+        _write_summary(output_dir, trainer.global_step, dict(module.counters), metrics)
     last = ckpt_dir / "last.ckpt"
     return TrainResult(
         output_dir=output_dir,

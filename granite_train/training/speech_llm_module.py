@@ -34,6 +34,21 @@ from granite_train.typed_config import from_mapping
 log = logging.getLogger(__name__)
 
 
+def translation_bleu(
+    references: list[str], hypotheses: list[str], target_language: str | None, normalized: bool = False
+) -> float:
+    """Corpus BLEU (sacrebleu) of the translation parts (``[Translation] ...`` when both are given);
+    ``normalized``: the references normalised as the targets were (``prompts.normalize_translations``)."""
+    from sacrebleu.metrics import BLEU
+
+    from granite_train.data.prompts import normalize_target, translation_part
+    from granite_train.eval.generate import bleu_tokenizer
+
+    metric = BLEU(tokenize=bleu_tokenizer(target_language))
+    refs = [translation_part(normalize_target(r) if normalized else r) for r in references]
+    return float(metric.corpus_score([translation_part(h) for h in hypotheses], [refs]).score)
+
+
 class SpeechLLMModule(StepSkippingModule):
     """Joint projector + LoRA training of :class:`SpeechLLM`.
 
@@ -173,7 +188,7 @@ class SpeechLLMModule(StepSkippingModule):
     # validation
     # ------------------------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
-        self._val = {"loss": [], "refs": [], "hyps": [], "langs": []}
+        self._val = {"loss": [], "refs": [], "hyps": [], "langs": [], "tasks": [], "targets": [], "bias": []}
 
     def validation_step(self, batch, batch_idx: int) -> None:
         # No collectives here: ranks may hold different numbers of validation batches.
@@ -195,6 +210,9 @@ class SpeechLLMModule(StepSkippingModule):
         ]
         self._val["refs"] += [t or "" for t in batch.texts]
         self._val["langs"] += [t or lang for t, lang in zip(batch.target_languages, batch.languages)]
+        self._val["tasks"] += batch.task_labels or ["asr"] * len(batch.texts)
+        self._val["targets"] += list(batch.target_languages or [None] * len(batch.texts))
+        self._val["bias"] += batch.bias_words or [[] for _ in batch.texts]
 
     def on_validation_epoch_end(self) -> None:
         val = self._val
@@ -208,11 +226,32 @@ class SpeechLLMModule(StepSkippingModule):
             self.log("val/token_acc", correct / count, rank_zero_only=True)
         if not val["refs"]:
             return
-        language = max(set(val["langs"]), key=val["langs"].count) if val["langs"] else None
-        normalizer = self.val_normalizer
-        if normalizer == "auto":
-            normalizer = "whisper_english" if language in (None, "en") else "basic"
-        self.log_error_rates(val["refs"], val["hyps"], normalizer, language=language or "en", primary="wer")
+        # per task: WER on transcription (with or without a keyword list), B-WER / U-WER on the
+        # keyword-prompted examples, BLEU on translation
+        rows = list(zip(val["tasks"], val["refs"], val["hyps"], val["langs"], val["targets"], val["bias"]))
+        asr = [r for r in rows if not r[0].startswith("ast")]
+        if asr:
+            langs = [r[3] for r in asr]
+            language = max(set(langs), key=langs.count)
+            normalizer = self.val_normalizer
+            if normalizer == "auto":
+                normalizer = "whisper_english" if language in (None, "en") else "basic"
+            self.log_error_rates([r[1] for r in asr], [r[2] for r in asr], normalizer,
+                                 language=language or "en", primary="wer")  # fmt: skip
+            keyword = [r for r in asr if r[0].endswith("+keywords") and r[5]]
+            if keyword:
+                from granite_train.eval.biasing import biasing_error_rates
+
+                rates = biasing_error_rates([r[1] for r in keyword], [r[2] for r in keyword],
+                                            [r[5] for r in keyword], normalizer=normalizer)  # fmt: skip
+                for key in ("b_wer", "u_wer", "recall"):
+                    if rates[key] is not None:
+                        self.log(f"val/keywords_{key}", rates[key], rank_zero_only=True)
+        ast = [r for r in rows if r[0].startswith("ast")]
+        if ast:
+            bleu = translation_bleu([r[1] for r in ast], [r[2] for r in ast], ast[0][4],
+                                    normalized=getattr(self, "normalized_translations", False))  # fmt: skip
+            self.log("val/bleu", bleu, rank_zero_only=True)
         self.log_mixture()
 
     # ------------------------------------------------------------------------------------------

@@ -39,6 +39,15 @@ log = logging.getLogger(__name__)
 CHECKPOINT_KEY = TRAINING_STATE_KEY
 
 
+def counter_shares(counters: Mapping[str, float], prefix: str) -> str:
+    """``name n (share%)`` for every counter under ``prefix`` (``seen/``: sources, ``task/``: tasks)."""
+    counts = {k[len(prefix) :]: v for k, v in counters.items() if k.startswith(prefix)}
+    total = sum(counts.values())
+    if not total:
+        return ""
+    return ", ".join(f"{name} {int(n)} ({100 * n / total:.1f}%)" for name, n in sorted(counts.items()))
+
+
 class StepSkippingModule(L.LightningModule):
     """Base of the stage modules (see the module docstring).
 
@@ -185,6 +194,8 @@ class StepSkippingModule(L.LightningModule):
             self.counters[f"skipped/{reason}"] += n
         for source in batch.sources:  # what the mixture really served, per source
             self.counters[f"seen/{source}"] += 1
+        for task in getattr(batch, "task_labels", None) or ():  # and per task (stage 2)
+            self.counters[f"task/{task}"] += 1
         loss_ok = torch.isfinite(loss.detach()).float()
         self._loss_ok = loss_ok if self._micro == 1 else torch.minimum(self._loss_ok, loss_ok)
 
@@ -264,15 +275,14 @@ class StepSkippingModule(L.LightningModule):
 
     def log_counters(self, bsz: int) -> None:
         for key, value in self.counters.items():
-            if key.startswith(("seen/", "skipped/", "encoder_cache/")):
+            if key.startswith(("seen/", "task/", "skipped/", "encoder_cache/")):
                 self.log(f"data/{key}", float(value), batch_size=bsz)
 
     def log_mixture(self) -> None:
-        seen = {k[5:]: v for k, v in self.counters.items() if k.startswith("seen/")}
-        total = sum(seen.values())
-        if total and self.trainer.is_global_zero:
-            shares = ", ".join(f"{name} {n} ({100 * n / total:.1f}%)" for name, n in sorted(seen.items()))
-            log.info("examples seen per source on rank 0 so far: %s", shares)
+        if self.trainer.is_global_zero:
+            for what, prefix in (("source", "seen/"), ("task", "task/")):
+                if shares := counter_shares(self.counters, prefix):
+                    log.info("examples seen per %s on rank 0 so far: %s", what, shares)
 
     # ------------------------------------------------------------------------------------------
     # checkpoints
@@ -286,4 +296,4 @@ class StepSkippingModule(L.LightningModule):
         self._micro = int(state.get("micro", 0))
 
 
-__all__ = ["CHECKPOINT_KEY", "StepSkippingModule"]
+__all__ = ["CHECKPOINT_KEY", "StepSkippingModule", "counter_shares"]
