@@ -35,7 +35,13 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(args.work)
     experiments = work / "experiments"
-    asr = {"name": "asr_test", "path": f"{args.corpus}/tts_en", "split": "test", "language": "en", "task": "asr"}
+    asr = {
+        "name": "asr_test",
+        "path": f"{args.corpus}/tts_en",
+        "split": "test",
+        "language": "en",
+        "task": "asr",
+    }
     keywords = {"name": "biasing_testset", "path": str(work / "kw" / "testset"), "split": "test",
                 "language": "en", "keywords_in_prompt": "both"}  # fmt: skip
     ast = {"name": "ast_test", "path": str(work / "ast" / "tts_en_es"), "split": "test", "language": "en"}

@@ -168,7 +168,9 @@ class PromptBuilder:
     def target_ids(self, record: Mapping[str, Any]) -> tuple[list[int], bool]:
         text = record.get("text") or ""
         task = record.get("task") or "asr"
-        if (self.config.normalize_targets and task == "asr") or (self.config.normalize_translations and task == "ast"):
+        if (self.config.normalize_targets and task == "asr") or (
+            self.config.normalize_translations and task == "ast"
+        ):
             text = normalize_target(text)
         ids = self.tokenizer(" " + text.strip(), add_special_tokens=False).input_ids
         limit = self.config.max_target_tokens

@@ -195,7 +195,9 @@ def _resume_path(resume: str | None, ckpt_dir: Path) -> str | None:
     return str(path)
 
 
-def _write_summary(output_dir: Path, steps: int, counters: dict[str, float], metrics: dict[str, float]) -> None:
+def _write_summary(
+    output_dir: Path, steps: int, counters: dict[str, float], metrics: dict[str, float]
+) -> None:
     """``summary.json`` (steps, counters, last metrics) and what the mixture served, printed."""
     from granite_train.training.step_module import counter_shares
 
