@@ -57,8 +57,29 @@ def test_only_missing_utterances_are_encoded():
     cache(["a", "b", "c"][:1], feats[:1, :5], lengths[:1], enc)
     enc.calls.clear()
     out = cache(["a", "b", "c"], feats, lengths, enc)
-    assert enc.calls == [2]  # b and c only
+    assert enc.calls == [1, 1]  # b and c only, each alone
     assert torch.allclose(out, enc(feats, lengths))
+
+
+def test_a_cached_output_is_the_utterance_encoded_alone_whatever_its_batch():
+    """So a resumed run, whose cache starts empty, caches exactly the values the first run did."""
+    from granite_train.models.encoder import CTCEncoder, encoder_config
+
+    torch.manual_seed(0)
+    encoder = CTCEncoder(
+        encoder_config("tiny", num_layers=2, hidden_dim=32, num_heads=2, dim_head=16, input_dim=4)
+    )
+    encoder.eval()
+
+    def encode(features, lengths):
+        return encoder(features, lengths).last_hidden_state
+
+    feats, lengths = _batch([5, 40, 9])
+    in_batch = EncoderOutputCache(1 << 20)(["a", "b", "c"], feats, lengths, encode)
+    for i, n in enumerate(lengths.tolist()):
+        with torch.no_grad():
+            alone = encode(feats[i : i + 1, :n], lengths[i : i + 1])[0]
+        assert torch.equal(in_batch[i, :n], alone)
 
 
 def test_same_id_with_other_features_is_an_error():

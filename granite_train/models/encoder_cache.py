@@ -3,7 +3,8 @@
 In the published stage 2 the encoder is frozen and in eval mode, so an utterance's encoder output
 is the same every epoch. On a small fine-tuning set that is read for several epochs, the encoder
 forward is a large share of the step (about a third of a 2-core CPU step of the tiny recipe); this
-cache computes it once per utterance and serves it afterwards.
+cache computes it once per utterance (alone, unpadded: the value is the same whichever batch the
+utterance first came in, which keeps a resumed run bit-identical) and serves it afterwards.
 
 It is only valid when the features of an utterance id never change: no SpecAugment or additive
 noise (seeded per batch, so they differ between epochs) and a frozen encoder. The training entry
@@ -82,16 +83,14 @@ class EncoderOutputCache:
         self.counts["hits"] += len(ids) - len(missing)
         self.counts["misses"] += len(missing)
         fresh: dict[int, torch.Tensor] = {}
-        if missing:
-            rows = torch.tensor(missing)
-            sub_lengths = lengths[rows]
-            sub = features[rows.to(features.device), : int(sub_lengths.max())]
+        for i in missing:
+            # each utterance alone, unpadded: its cached output then does not depend on the batch it
+            # first came in (the last bits of a batched matmul do), so a resumed run, whose cache
+            # starts empty, computes exactly the values the uninterrupted run cached
             with torch.no_grad():
-                hidden = encode(sub, sub_lengths.to(features.device))
-            for j, i in enumerate(missing):
-                # clone: a slice would keep the whole batch tensor alive
-                fresh[i] = hidden[j, : frames[i]].detach().clone()
-                self._store(ids[i], fresh[i], frames[i], sums[i])
+                hidden = encode(features[i : i + 1, : frames[i]], lengths[i : i + 1].to(features.device))
+            fresh[i] = hidden[0, : frames[i]].detach().clone()
+            self._store(ids[i], fresh[i], frames[i], sums[i])
         parts = [fresh[i] if i in fresh else self._entries[key][0] for i, key in enumerate(ids)]
         out = parts[0].new_zeros(len(ids), features.shape[1], parts[0].shape[-1])
         for i, part in enumerate(parts):
