@@ -1,6 +1,7 @@
 """Stage 2 through the real entry points: exact resume after ``kill -9``, and the published trainable
 set (LLM frozen, LoRA + projector) trained by Lightning, exported by ``granite-train export`` in both
-layouts and reloaded by plain transformers with our greedy transcripts."""
+layouts and reloaded by plain transformers with our greedy transcripts; 2-process DDP. Subprocess
+runs of the real CLI, a few minutes together: the slow tier."""
 
 from __future__ import annotations
 
@@ -94,6 +95,7 @@ RESUME = [
 ]
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_is_bit_identical(parts, corpus, tmp_path):
     ref, killed = tmp_path / "ref", tmp_path / "killed"
     run = dict(env=_env(), cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=600)
@@ -146,6 +148,7 @@ def test_kill_9_then_resume_is_bit_identical(parts, corpus, tmp_path):
     assert counters["task/asr"] == counters["utterances"]  # counted per task as well as per source
 
 
+@pytest.mark.slow
 def test_published_trainable_set_trains_exports_both_layouts_and_reloads_in_transformers(
     parts, corpus, tmp_path
 ):
@@ -211,3 +214,61 @@ def _features(wave: torch.Tensor):
 def _until_eos(ids: list[int], speech) -> list[int]:
     eos = speech.tokenizer.eos_token_id
     return ids[: ids.index(eos)] if eos in ids else ids
+
+
+def _first_pass(ids: list[str]) -> set[str]:
+    seen: set[str] = set()
+    for i in ids:
+        if i in seen:
+            break
+        seen.add(i)
+    return seen
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_skip_together_and_validate_unequal_shares(parts, corpus, tmp_path):
+    """2 ranks (gloo): disjoint examples, equal weights; a NaN loss on rank 1 only and an infinite
+    gradient on rank 1 only (finite loss) each skip the step on both ranks, with gradient
+    accumulation 2; generation validation finishes with 3 utterances split unequally."""
+    from safetensors.torch import load_file
+
+    from granite_train.training.callbacks import read_metrics_csv
+
+    out = tmp_path / "ddp"
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+        f"--master_port={_free_port()}", "-m", "granite_train.cli", "train", "recipe=speech_llm_tiny_en",
+        *_overrides(
+            parts, corpus, out, "trainer.max_steps=5", "trainer.devices=2", "trainer.strategy=ddp",
+            "trainer.val_every_n_steps=5", "trainer.export_hf=false", "optim.accumulate_grad_batches=2",
+            "data.num_workers=0", "data.val.max_frames=60", "validation.generate_batches=4",
+            "debug.log_sample_ids=true", "debug.save_rank_weights=true",
+            "debug.fault_injection={nan_loss_at_steps: [1], inf_grad_at_steps: [3], ranks: [1]}",
+        ),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [_samples(out, r) for r in (0, 1)]
+    # 5 steps x 2 micro-batches, and the 2 skipped steps taken again (2 x 2 more)
+    assert [len(r) for r in ranks] == [14, 14]
+    # each rank's first pass over its share (the examples before its first repeat): disjoint
+    firsts = [_first_pass([i for rec in recs for i in rec["ids"]]) for recs in ranks]
+    assert min(map(len, firsts)) >= 6 and not firsts[0] & firsts[1], "ranks must train on disjoint examples"
+    w0, w1 = (load_file(out / "rank_weights" / f"trainable_params.rank{r}.safetensors") for r in (0, 1))
+    assert (
+        w0.keys() == w1.keys() and any("lora_B" in k for k in w0) and any("audio_ctc_head" in k for k in w0)
+    )
+    for key in w0:
+        assert torch.equal(w0[key], w1[key]), key  # a rank that stepped alone would differ here
+    counters = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["granite_train"]["counters"]
+    assert counters["nonfinite_steps"] == 2, counters
+    rows = read_metrics_csv(out / "metrics.csv")
+    assert any("val/wer" in r for r in rows) and any("val/loss" in r for r in rows)

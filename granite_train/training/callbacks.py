@@ -37,7 +37,8 @@ class SampleLog(L.Callback):
 
 
 class RankWeights(L.Callback):
-    """Save every rank's final encoder parameters (safetensors): the DDP test compares them.
+    """Save every rank's final encoder (stage 1) or trainable (stage 2) parameters (safetensors):
+    the DDP tests compare them.
 
     Parameters only: BatchNorm running statistics are per-rank between DDP's buffer broadcasts
     (from rank 0, at every forward), and checkpoints hold rank 0's.
@@ -50,8 +51,15 @@ class RankWeights(L.Callback):
         from safetensors.torch import save_file
 
         self.directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in pl_module.encoder.named_parameters()}
-        save_file(state, str(self.directory / f"encoder_params.rank{trainer.global_rank}.safetensors"))
+        if hasattr(pl_module, "encoder"):  # stage 1: the encoder
+            state = {k: v.detach().cpu().contiguous() for k, v in pl_module.encoder.named_parameters()}
+            name = "encoder_params"
+        else:  # stage 2: what trains (LoRA, projector, auxiliary heads)
+            state = {
+                k: v.detach().cpu().contiguous() for k, v in pl_module.named_parameters() if v.requires_grad
+            }
+            name = "trainable_params"
+        save_file(state, str(self.directory / f"{name}.rank{trainer.global_rank}.safetensors"))
 
 
 def read_metrics_csv(path: str | Path) -> list[dict[str, float]]:

@@ -196,7 +196,8 @@ class DebugConfig:
     Attributes:
         log_sample_ids: write ``samples.rank<R>.jsonl``, the ids each micro-batch trained on.
         save_rank_weights: write ``rank_weights/encoder.rank<R>.safetensors`` at the end.
-        fault_injection: ``{nan_loss_at_steps: [..]}`` makes those steps' loss NaN (tests).
+        fault_injection: ``{nan_loss_at_steps: [..], inf_grad_at_steps: [..], ranks: [..]}``: those
+            steps' loss NaN / one gradient infinite, on those ranks (default all) (tests).
     """
 
     log_sample_ids: bool = False
@@ -204,7 +205,11 @@ class DebugConfig:
     fault_injection: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
-        check_keys(self.fault_injection or {}, {"nan_loss_at_steps"}, "debug.fault_injection")
+        check_keys(
+            self.fault_injection or {},
+            {"nan_loss_at_steps", "inf_grad_at_steps", "ranks"},
+            "debug.fault_injection",
+        )
 
 
 @dataclass

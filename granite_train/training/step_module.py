@@ -55,7 +55,9 @@ class StepSkippingModule(L.LightningModule):
         optim: :class:`~granite_train.training.config.OptimConfig` (or its mapping form).
         total_steps: optimizer steps of the run (the LR schedule's length).
         seed: base seed of the dropout draws.
-        fault_injection: test hook: ``{"nan_loss_at_steps": [..]}`` makes those steps' loss NaN.
+        fault_injection: test hook: ``{"nan_loss_at_steps": [..]}`` makes those steps' loss NaN,
+            ``{"inf_grad_at_steps": [..]}`` one gradient infinite after backward (a finite loss),
+            ``{"ranks": [..]}`` on those ranks only (default: every rank).
     """
 
     def __init__(
@@ -73,6 +75,8 @@ class StepSkippingModule(L.LightningModule):
         self.seed = int(seed)
         self.fault_injection = fault_injection
         self.nan_steps = set((fault_injection or {}).get("nan_loss_at_steps", []))
+        self.inf_grad_steps = set((fault_injection or {}).get("inf_grad_at_steps", []))
+        self.fault_ranks = (fault_injection or {}).get("ranks")
         self.counters: Counter[str] = Counter()
         self._micro = 0  # micro-batches accumulated since the last optimizer step
         self.last_batch_ids: list[str] | None = None
@@ -182,10 +186,17 @@ class StepSkippingModule(L.LightningModule):
         self.last_batch_ids, self.last_batch_step = batch.ids, self.global_step  # for SampleLog
         with self.dropout_rng():
             loss, extra = self.compute_loss(batch)
+        faulty_rank = self.fault_ranks is None or self.global_rank in self.fault_ranks
         if self.global_step in self.nan_steps and self._micro == 0:
             self.nan_steps.discard(self.global_step)  # once: the retried step must succeed
-            loss = loss * float("nan")
+            if faulty_rank:
+                loss = loss * float("nan")
         self.manual_backward(loss / self.accumulate)
+        if self.global_step in self.inf_grad_steps and self._micro + 1 == self.accumulate:
+            self.inf_grad_steps.discard(self.global_step)
+            if faulty_rank:  # after DDP's all-reduce: this rank's gradients alone turn non-finite
+                param = next(p for p in self.parameters() if p.grad is not None)
+                param.grad.view(-1)[0] = float("inf")
 
         self._micro += 1
         self.counters["utterances"] += len(batch)
@@ -217,10 +228,12 @@ class StepSkippingModule(L.LightningModule):
         params = [p for p in self.parameters() if p.grad is not None]
         max_norm = float(clip) if clip else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm) if params else torch.zeros(())
-        # every rank must take the same decision: the gradients are already all-reduced, the
-        # per-rank loss flags are reduced here
-        loss_ok = self.trainer.strategy.reduce(self._loss_ok.to(self.device), reduce_op="min")
-        if bool(loss_ok) and bool(torch.isfinite(grad_norm)):
+        # every rank must take the same decision: the per-rank loss and gradient-norm flags are
+        # reduced here (gradients are all-reduced already, but a rank's own can still go bad)
+        local_ok = torch.minimum(
+            self._loss_ok.to(self.device), torch.isfinite(grad_norm).float().to(self.device)
+        )
+        if bool(self.trainer.strategy.reduce(local_ok, reduce_op="min")):
             optimizer.step()
             scheduler.step()
         else:
