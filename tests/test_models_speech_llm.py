@@ -514,7 +514,7 @@ def test_encoder_cache_serves_the_frozen_encoder_exactly(parts):
     cached.model.encoder.register_forward_hook(lambda *args: calls.append(1))
     batch = _collate(cached.model, _examples())
     reference, _ = plain.compute_loss(batch)
-    for expected_calls in (1, 1):  # encoded on the first pass only
+    for expected_calls in (3, 3):  # encoded on the first pass only, each utterance alone
         loss, _ = cached.compute_loss(batch)
         assert len(calls) == expected_calls
         assert float(loss.detach()) == pytest.approx(float(reference.detach()), rel=1e-5)
@@ -524,7 +524,7 @@ def test_encoder_cache_serves_the_frozen_encoder_exactly(parts):
     # validation does not use it
     cached.eval()
     cached.compute_loss(batch)
-    assert len(calls) == 2
+    assert len(calls) == 4
     with pytest.raises(ValueError, match="frozen encoder"):
         SpeechLLMModule(
             {**model, "train": {"projector": True, "encoder": True}}, {"lr": 1e-3}, total_steps=10
