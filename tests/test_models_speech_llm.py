@@ -474,6 +474,22 @@ def test_stage2_module_adds_the_auxiliary_losses_the_exported_model_does_not_car
     assert any(n.startswith("audio_ctc_head.") for n in module.state_dict())
 
 
+def test_audio_ctc_head_keeps_a_zero_gradient_when_every_utterance_is_dropped(parts):
+    """A DDP rank whose batch has no alignable utterance still reduces a gradient for the head."""
+    from granite_train.training.speech_llm_module import SpeechLLMModule
+
+    model = dict(encoder=str(parts["encoder"]), llm=str(parts["llm"]), lora=None, projector=PROJ,
+                 train={"projector": True, "llm": True}, loss={"audio_ctc_weight": 0.5})  # fmt: skip
+    module = SpeechLLMModule(model, {"lr": 1e-3}, total_steps=10).train()
+    batch = _collate(module.model, _examples((1600, 1600)))  # 0.1 s: fewer audio tokens than words
+    loss, extra = module.compute_loss(batch)
+    assert module.counters["skipped/audio_ctc_too_short"] == 2 and "audio_ctc_loss" not in extra
+    assert float(loss) == pytest.approx(float(extra["lm_loss"]), rel=1e-6)
+    loss.backward()
+    grads = [p.grad for p in module.audio_ctc_head.parameters()]
+    assert grads and all(g is not None and float(g.abs().max()) == 0.0 for g in grads)
+
+
 def test_target_token_noise_replaces_only_target_inputs():
     torch.manual_seed(0)
     input_ids = torch.randint(0, 50, (64, 40))

@@ -164,6 +164,9 @@ class SpeechLLMModule(StepSkippingModule):
             if ctc is not None:
                 loss = loss + self.audio_ctc_weight * ctc
                 extra["audio_ctc_loss"] = ctc.detach()
+            else:  # every utterance dropped: the head stays in the graph with a zero gradient, so
+                # that DDP, reducing every parameter's gradient, does not wait on this rank
+                loss = loss + 0.0 * sum(p.sum() for p in self.audio_ctc_head.parameters())
             if self.audio_embed_weight > 0:
                 table = self.model.hf.get_input_embeddings().weight
                 pull = audio_embed_loss(audio, counts, self.audio_ctc_head, table)
