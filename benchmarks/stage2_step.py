@@ -50,7 +50,6 @@ layers and a dense shared MLP, which computes what ``GraniteConfig`` / ``Granite
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import ctypes
 import math
@@ -84,6 +83,7 @@ from granite_train.speech_format import (  # noqa: E402
     encoder_frames,
     projector_tokens,
 )
+from granite_train.training.memory import default_dtype  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_RATE = 16000
@@ -275,16 +275,6 @@ def speech_config(spec: Size) -> GraniteSpeechConfig:
         downsample_rate=5,
         tie_word_embeddings=True,
     )
-
-
-@contextlib.contextmanager
-def default_dtype(dtype: torch.dtype):
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(previous)
 
 
 def build_ours(spec: Size, build_device: str, dtype: torch.dtype, attn_impl: str, workdir: Path) -> SpeechLLM:

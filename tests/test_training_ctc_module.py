@@ -236,6 +236,21 @@ def test_cli_train_cfg_job_and_recipe_errors(capsys):
 # ------------------------------------------------------------------------------------------------
 # subprocess runs: kill -9 + resume, DDP
 # ------------------------------------------------------------------------------------------------
+def kill_9_after(cmd: list[str], out: Path, micro_batches: int, cwd: Path, timeout: float = 600) -> int:
+    """Start a training run, ``kill -9`` it (its whole session: the loader worker too, as a job
+    scheduler's would) once ``out`` has logged ``micro_batches`` batches; returns those seen."""
+    proc = subprocess.Popen(
+        cmd, env=_env(), cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    deadline = time.time() + timeout
+    while len(_samples(out)) < micro_batches and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return len(_samples(out))
+
+
 def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "granite_train.cli", "train", "recipe=ctc_tiny_en", *args]
 
@@ -272,21 +287,7 @@ def test_kill_9_then_resume_is_bit_identical(corpus, tmp_path):
     kill_after = random.randint(2, 10)  # micro-batches seen before the kill
     # own session: the kill takes the loader worker too, as a job scheduler's would (a worker
     # orphaned by killing the trainer alone can linger)
-    proc = subprocess.Popen(
-        _cli(*_overrides(corpus, killed, *RESUME)),
-        env=_env(),
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    deadline = time.time() + 300
-    while len(_samples(killed)) < kill_after and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    interrupted = len(_samples(killed))
+    interrupted = kill_9_after(_cli(*_overrides(corpus, killed, *RESUME)), killed, kill_after, tmp_path)
     assert interrupted < 12
     # the same command again resumes from checkpoints/last.ckpt (resume=auto)
     subprocess.run(

@@ -7,17 +7,15 @@ from __future__ import annotations
 
 import os
 import random
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from tests.test_models_speech_llm import PROJ, _random_encoder  # noqa: F401
-from tests.test_training_ctc_module import _effective, _env, _samples
+from tests.test_training_ctc_module import _effective, _env, _samples, kill_9_after
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -104,21 +102,9 @@ def test_kill_9_then_resume_is_bit_identical(parts, corpus, tmp_path):
 
     rng = random.Random(int(os.environ.get("GT_KILL_SEED", "17")))
     kill_after = rng.randint(2, 7)  # micro-batches seen before the kill (seeded, logged on failure)
-    proc = subprocess.Popen(
-        _cli(*_overrides(parts, corpus, killed, *RESUME)),
-        env=_env(),
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,  # the kill takes the loader worker too
+    interrupted = kill_9_after(
+        _cli(*_overrides(parts, corpus, killed, *RESUME)), killed, kill_after, tmp_path
     )
-    deadline = time.time() + 600
-    while len(_samples(killed)) < kill_after and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    interrupted = len(_samples(killed))
     resumed = subprocess.run(_cli(*_overrides(parts, corpus, killed, *RESUME)), **run)  # resume=auto
     assert resumed.returncode == 0, resumed.stderr.decode()[-3000:]
 

@@ -124,7 +124,8 @@ def saved_activation_bytes(step: Callable[[], torch.Tensor]) -> int:
 
 
 @contextmanager
-def _default_dtype(dtype: torch.dtype):
+def default_dtype(dtype: torch.dtype):
+    """Tensors created inside are ``dtype`` by default (a model built straight in its dtype)."""
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
@@ -187,7 +188,7 @@ def meta_twin(speech, dtype: torch.dtype):
 
     from granite_train.models.speech_llm import SpeechLLM
 
-    with torch.device("meta"), _default_dtype(dtype):
+    with torch.device("meta"), default_dtype(dtype):
         hf = GraniteSpeechForConditionalGeneration(copy.deepcopy(speech.config))
         hf.to(dtype)
         if speech.has_lora:
@@ -301,6 +302,7 @@ def estimate_step_memory(
 
 __all__ = [
     "MemoryEstimate",
+    "default_dtype",
     "device_capacity",
     "estimate_step_memory",
     "meta_twin",
