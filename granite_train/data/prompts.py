@@ -89,9 +89,11 @@ class TokenizedExample:
 def normalize_target(text: str) -> str:
     """Lowercased, punctuation-free, whitespace collapsed; a ``[Transcription] ... [Translation]
     ...`` target keeps its two marks (each part normalised)."""
-    if TRANSLATION_MARK in text and text.lstrip().startswith(TRANSCRIPTION_MARK):
-        source = text.lstrip()[len(TRANSCRIPTION_MARK) : text.lstrip().rfind(TRANSLATION_MARK)]
-        return f"{TRANSCRIPTION_MARK} {normalize_target(source)} {TRANSLATION_MARK} {normalize_target(translation_part(text))}"
+    marked = text.lstrip()
+    if marked.startswith(TRANSCRIPTION_MARK) and TRANSLATION_MARK in marked:
+        source = marked[len(TRANSCRIPTION_MARK) : marked.rfind(TRANSLATION_MARK)]
+        translation = normalize_target(translation_part(marked))
+        return f"{TRANSCRIPTION_MARK} {normalize_target(source)} {TRANSLATION_MARK} {translation}"
     text = _PUNCT.sub(" ", unicodedata.normalize("NFKC", text).lower())
     return " ".join(text.split())
 

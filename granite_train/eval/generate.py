@@ -74,6 +74,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "SpeechLLMLoadError",
     "bleu_tokenizer",
+    "translation_bleu",
     "evaluate_speech_llm",
     "generation_markdown",
     "is_speech_llm_folder",
@@ -138,6 +139,23 @@ def bleu_tokenizer(language: str | None) -> str:
     """sacrebleu tokenizer for a target language: ``char`` for ja / zh (no MeCab here), else ``13a``."""
     base = (language or "").replace("_", "-").split("-")[0].lower()
     return "char" if base in ("ja", "zh") else "13a"
+
+
+def translation_bleu(
+    references: Sequence[str],
+    hypotheses: Sequence[str],
+    target_language: str | None,
+    normalized: bool = False,
+):
+    """sacrebleu's corpus BLEU of the translation parts (``[Translation] ...`` of a ``[Transcription]
+    ... [Translation] ...`` output or reference), and the metric (its signature); ``normalized``: the
+    references normalised as the targets were (``prompts.normalize_translations``)."""
+    from sacrebleu.metrics import BLEU
+
+    metric = BLEU(tokenize=bleu_tokenizer(target_language))
+    refs = [translation_part(normalize_target(r) if normalized else r) for r in references]
+    hyps = [translation_part(h) for h in hypotheses]
+    return (metric.corpus_score(hyps, [refs]) if hyps else None), metric
 
 
 def _bias_words(record: Mapping[str, Any], reference: str, norm) -> list[str]:
@@ -334,16 +352,11 @@ def _score(
     audio_seconds = sum(r["duration"] for r in rows)
     if task == "ast":
         import sacrebleu
-        from sacrebleu.metrics import BLEU
 
         targets = Counter(r["target_language"] or "?" for r in rows)
         target = dataset.target_language or (targets.most_common(1)[0][0] if targets else None)
         tokenize = bleu_tokenizer(target)
-        metric = BLEU(tokenize=tokenize)
-        # the translation of a "[Transcription] ... [Translation] ..." output or reference
-        refs = [translation_part(normalize_target(r) if normalize_translations else r) for r in refs]
-        hyps = [translation_part(h) for h in hyps]
-        score = metric.corpus_score(hyps, [refs]) if rows else None
+        score, metric = translation_bleu(refs, hyps, target, normalize_translations)
         result = EvalResult(
             name=name,
             num_utts=len(rows),

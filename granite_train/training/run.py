@@ -274,8 +274,8 @@ def _build_stage(cfg: RecipeConfig, max_steps: int):
         val_generate_batches=cfg.validation.generate_batches,
         max_new_tokens=cfg.validation.max_new_tokens,
         fault_injection=cfg.debug.fault_injection,
+        normalized_translations=cfg.prompts.normalize_translations,
     )
-    module.normalized_translations = bool(cfg.prompts.normalize_translations)
     speech = module.model
 
     def wrap(collator: Collator, train: bool) -> SpeechLLMCollator:

@@ -34,21 +34,6 @@ from granite_train.typed_config import from_mapping
 log = logging.getLogger(__name__)
 
 
-def translation_bleu(
-    references: list[str], hypotheses: list[str], target_language: str | None, normalized: bool = False
-) -> float:
-    """Corpus BLEU (sacrebleu) of the translation parts (``[Translation] ...`` when both are given);
-    ``normalized``: the references normalised as the targets were (``prompts.normalize_translations``)."""
-    from sacrebleu.metrics import BLEU
-
-    from granite_train.data.prompts import normalize_target, translation_part
-    from granite_train.eval.generate import bleu_tokenizer
-
-    metric = BLEU(tokenize=bleu_tokenizer(target_language))
-    refs = [translation_part(normalize_target(r) if normalized else r) for r in references]
-    return float(metric.corpus_score([translation_part(h) for h in hypotheses], [refs]).score)
-
-
 class SpeechLLMModule(StepSkippingModule):
     """Joint projector + LoRA training of :class:`SpeechLLM`.
 
@@ -60,6 +45,8 @@ class SpeechLLMModule(StepSkippingModule):
         val_normalizer: normalizer of the validation WER (``auto``: Whisper English for en).
         val_generate_batches: validation batches decoded with greedy generation (0: loss only).
         max_new_tokens: generation length limit in validation.
+        normalized_translations: validation BLEU against references normalised as the AST targets
+            were (``prompts.normalize_translations``).
     """
 
     def __init__(
@@ -72,6 +59,7 @@ class SpeechLLMModule(StepSkippingModule):
         val_generate_batches: int = 4,
         max_new_tokens: int = 64,
         fault_injection: dict[str, Any] | None = None,
+        normalized_translations: bool = False,
     ):
         super().__init__(optim, total_steps, seed=seed, fault_injection=fault_injection)
         model = from_mapping(SpeechLLMModelConfig, model, "model")
@@ -80,7 +68,9 @@ class SpeechLLMModule(StepSkippingModule):
             val_normalizer=val_normalizer,
             val_generate_batches=val_generate_batches,
             max_new_tokens=max_new_tokens,
+            normalized_translations=normalized_translations,
         )
+        self.normalized_translations = bool(normalized_translations)
         self.audio_ctc_weight = float(model.loss.audio_ctc_weight)
         self.audio_embed_weight = float(model.loss.audio_embed_weight)
         self.target_token_noise = float(model.loss.target_token_noise)
@@ -252,9 +242,11 @@ class SpeechLLMModule(StepSkippingModule):
                         self.log(f"val/keywords_{key}", rates[key], rank_zero_only=True)
         ast = [r for r in rows if r[0].startswith("ast")]
         if ast:
-            bleu = translation_bleu([r[1] for r in ast], [r[2] for r in ast], ast[0][4],
-                                    normalized=getattr(self, "normalized_translations", False))  # fmt: skip
-            self.log("val/bleu", bleu, rank_zero_only=True)
+            from granite_train.eval.generate import translation_bleu
+
+            score, _ = translation_bleu([r[1] for r in ast], [r[2] for r in ast], ast[0][4],
+                                        normalized=self.normalized_translations)  # fmt: skip
+            self.log("val/bleu", float(score.score), rank_zero_only=True)
         self.log_mixture()
 
     # ------------------------------------------------------------------------------------------
