@@ -7,6 +7,7 @@ line, and Hydra's own flags work after the command (``granite-train demo --cfg j
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import sys
@@ -92,6 +93,9 @@ def train(cfg: DictConfig) -> None:
             print(f"  {key} = {result.metrics[key]:.4f}")
 
 
+DECODINGS = ("auto", "ctc", "generate", "speculative")
+
+
 def evaluate(cfg: DictConfig) -> None:
     """Decode test sets (greedy CTC for an encoder, generation for a speech LLM folder); report
     WER / CER (BLEU for AST, B-WER / U-WER for keyword sets) and RTFx (JSON + markdown)."""
@@ -111,9 +115,12 @@ def evaluate(cfg: DictConfig) -> None:
     except ConfigKeyError as err:
         print(f"granite-train eval: {err}", file=sys.stderr)
         sys.exit(2)
-    if decoding not in ("auto", "ctc", "generate"):
-        raise ValueError(f"decoding must be auto, ctc or generate, got {decoding!r}")
-    generate = decoding == "generate" or (decoding == "auto" and is_speech_llm_folder(model))
+    if decoding not in DECODINGS:
+        print(f"granite-train eval: decoding must be one of {DECODINGS}, got {decoding!r}", file=sys.stderr)
+        sys.exit(2)
+    if decoding != "speculative":
+        settings = dataclasses.replace(settings, speculative=None)
+    generate = decoding in ("generate", "speculative") or (decoding == "auto" and is_speech_llm_folder(model))
     run = run_generate_eval if generate else run_eval
     _, table = run(model, datasets, output_dir, settings)
     print(table, end="")

@@ -10,9 +10,14 @@ Per dataset (and keyword condition)::
 
 * Same accounting as the greedy-CTC evaluation (:mod:`granite_train.eval.run`): nothing is lost
   silently (skips counted per reason, ``records == num_utts + sum(skipped)``), references are the
-  original texts, and RTFx is audio seconds over wall seconds from opening the stream to the last
-  decoded batch (loading, features, encoder, projector and generation; not scoring). One warm-up
+  original texts, and RTFx is the leaderboard's: audio seconds over the summed wall time of each
+  batch's features, encoder, projector and decoding (not loading, not scoring). One warm-up
   generation runs before any timing.
+* Decoding: autoregressive (greedy or beam search), or CTC-draft speculative decoding
+  (``settings.speculative``, :mod:`granite_train.eval.speculative`) for ASR sets; the result counts
+  the utterances on each path (``details["paths"]``) and each hypothesis row names its path.
+* Hallucination signals of every ASR result: insertions per reference word and the share of
+  hypotheses more than twice their reference's length (``details["hallucination"]``).
 * Task ``asr`` (the default; ``task`` of the dataset mapping or the records' ``task`` column): WER
   and CER with the named normalizer (``auto``: Whisper's English normalizer for English, basic
   otherwise); for languages without spaces (``NO_SPACE_LANGUAGES``, e.g. ja) read the CER.
@@ -51,7 +56,7 @@ from granite_train.data.prompts import (
 )
 from granite_train.data.sources import SourceSpec
 from granite_train.eval.biasing import biasing_error_rates, biasing_markdown
-from granite_train.eval.metrics import NO_SPACE_LANGUAGES, error_rates
+from granite_train.eval.metrics import NO_SPACE_LANGUAGES, error_rates, hallucination_summary
 from granite_train.eval.report import (
     EvalResult,
     normalizer_label,
@@ -63,10 +68,12 @@ from granite_train.eval.settings import (
     SAMPLE_RATE,
     EvalDataset,
     EvalSettings,
+    drop_unscorable_references,
     eval_datasets,
     eval_pipeline_config,
     resolve_normalizer,
 )
+from granite_train.eval.speculative import PATHS, speculative_decode
 from granite_train.text.normalize import get_normalizer
 
 log = logging.getLogger(__name__)
@@ -184,13 +191,17 @@ class _GenerationCollator:
         target_language: str | None,
         keywords_in_prompt: bool,
         zero_audio: bool = False,
+        reference_filter=None,
     ):
         self.inner = inner
         self.target_language = target_language
         self.keywords_in_prompt = keywords_in_prompt
         self.zero_audio = zero_audio
+        self.reference_filter = reference_filter
 
     def __call__(self, examples: ExampleBatch):
+        if self.reference_filter is not None:
+            examples = self.reference_filter(examples)
         if isinstance(examples, ExampleBatch) and not examples.examples:
             return examples
         items = examples.examples if isinstance(examples, ExampleBatch) else examples
@@ -249,7 +260,14 @@ def _decode_pass(
     repaired: Counter[str] = Counter()
     drawn: Counter[str] = Counter()
     batches = 0
+    compute_seconds = 0.0
+    paths: Counter[str] = Counter()
     tokenizer = speech.tokenizer
+    speculative = settings.speculative if (spec.task or "asr") == "asr" else None
+    reference_filter = None
+    if settings.open_asr and (spec.task or "asr") == "asr":
+        normalize = get_normalizer("whisper_english")
+        reference_filter = lambda examples: drop_unscorable_references(examples, normalize)  # noqa: E731
 
     config = eval_pipeline_config(spec, settings.max_frames, settings.longest_seconds)
     config = dataclasses.replace(
@@ -264,6 +282,7 @@ def _decode_pass(
         dataset.target_language,
         keywords_in_prompt,
         settings.zero_audio,
+        reference_filter,
     )
     loader = build_dataloader(pipeline, num_workers=settings.num_workers, collator=collator)
     bar = tqdm(desc=f"generate {name}", unit="utt", disable=not settings.progress, dynamic_ncols=True)
@@ -281,6 +300,7 @@ def _decode_pass(
         if isinstance(batch, ExampleBatch):  # a slot's final tally: counts only
             continue
         batches += 1
+        batch_start = time.perf_counter()
         if featurizer is not None:
             feats, feat_lengths = featurizer(
                 batch.waveforms.to(device, non_blocking=True), batch.waveform_lengths.to(device)
@@ -288,15 +308,30 @@ def _decode_pass(
         else:
             feats = batch.features.to(device, non_blocking=True)
             feat_lengths = batch.feature_lengths.to(device)
+        spec_out = None
         with torch.inference_mode(), settings.autocast(device):
-            out = speech.generate(
-                batch.prompt_ids.to(device),
-                batch.prompt_mask.to(device),
-                feats,
-                feat_lengths,
-                **generate_kwargs,
-            )
-        hyps = tokenizer.batch_decode(out.cpu(), skip_special_tokens=True)
+            if speculative is not None and not any(t == "ast" for t in batch.tasks):
+                spec_out = speculative_decode(
+                    speech,
+                    batch.prompt_ids.to(device),
+                    batch.prompt_mask.to(device),
+                    feats,
+                    feat_lengths,
+                    speculative,
+                    max_new_tokens=settings.max_new_tokens,
+                    num_beams=settings.num_beams,
+                )
+                hyps = spec_out.texts
+            else:
+                out = speech.generate(
+                    batch.prompt_ids.to(device),
+                    batch.prompt_mask.to(device),
+                    feats,
+                    feat_lengths,
+                    **generate_kwargs,
+                )
+                hyps = tokenizer.batch_decode(out.cpu(), skip_special_tokens=True)
+        compute_seconds += time.perf_counter() - batch_start  # the ids are on the CPU: synchronised
         for i, hyp in enumerate(hyps):
             text = batch.texts[i]
             if text is None:
@@ -316,6 +351,16 @@ def _decode_pass(
                     "_record": batch.keyword_fields[i],
                 }
             )
+            path = "autoregressive" if spec_out is None else spec_out.paths[i]
+            paths[path] += 1
+            if spec_out is not None:
+                rows[-1].update(
+                    path=path,
+                    ctc_entropy=round(spec_out.entropies[i], 4),
+                    ctc_draft=spec_out.drafts[i],
+                    resumed_tokens=spec_out.resumed_tokens[i],
+                    generated_tokens=spec_out.generated_tokens[i],
+                )
         bar.update(len(batch))
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -323,7 +368,10 @@ def _decode_pass(
     bar.close()
     rows.sort(key=lambda r: r["id"])
     info = {
-        "wall": wall,
+        "wall": compute_seconds,
+        "stream_wall": wall,
+        "paths": {p: paths[p] for p in (*PATHS, "autoregressive") if paths[p]},
+        "speculative": dataclasses.asdict(speculative) if speculative is not None else None,
         "records": sum(drawn.values()),
         "skipped": dict(sorted(skipped.items())),
         "repaired": dict(sorted(repaired.items())),
@@ -339,6 +387,7 @@ def _score(
     normalizer: str,
     wall: float,
     normalize_translations: bool = False,
+    open_asr: bool = False,
 ) -> EvalResult:
     spec = dataset.source
     languages = Counter(r["language"] or "?" for r in rows)
@@ -377,9 +426,10 @@ def _score(
             },
         )
     else:
-        norm = resolve_normalizer(dataset.normalizer or normalizer, language)
-        metrics = error_rates(refs, hyps, normalizer=norm, language=language)
+        norm = "whisper_english" if open_asr else resolve_normalizer(dataset.normalizer or normalizer, language)
+        metrics = error_rates(refs, hyps, normalizer=norm, language=language, merge_compounds=open_asr)
         result = EvalResult.from_metrics(name, metrics, audio_seconds, wall)
+        result.details["hallucination"] = hallucination_summary(metrics)
         if language in NO_SPACE_LANGUAGES:
             result.details["primary_metric"] = "cer"
         if any("bias_words" in r for r in rows):
@@ -428,7 +478,7 @@ def evaluate_speech_llm(
         if d.source.task not in (None, "asr", "ast"):
             raise ValueError(f"dataset {d.source.name!r}: task must be asr or ast, got {d.source.task!r}")
     if features_on_device is None:
-        features_on_device = device.type != "cpu"
+        features_on_device = True  # features inside the timed batch, as the leaderboard times them
     normalizer, num_beams = settings.generate_normalizer, settings.num_beams
 
     prompts = PromptBuilder(
@@ -467,10 +517,23 @@ def evaluate_speech_llm(
             )
             for cond, (label, rows, info) in per_condition.items():
                 result = _finish(
-                    dataset, label, rows, info, normalizer, keyword_set, cond, settings.normalize_translations
+                    dataset,
+                    label,
+                    rows,
+                    info,
+                    normalizer,
+                    keyword_set,
+                    cond,
+                    settings.normalize_translations,
+                    settings.open_asr,
                 )
+                decoding = "greedy" if num_beams == 1 else f"beam_search({num_beams})"
+                if info["speculative"] is not None:
+                    decoding = f"{settings.speculative.label} + {decoding}"
                 result.details.update(
-                    decoding="greedy" if num_beams == 1 else f"beam_search({num_beams})",
+                    decoding=decoding,
+                    speculative=info["speculative"],
+                    protocol=settings.protocol,
                     num_beams=num_beams,
                     max_new_tokens=settings.max_new_tokens,
                     device=str(device),
@@ -504,6 +567,7 @@ def _finish(
     keyword_set: bool,
     keywords_in_prompt: bool,
     normalize_translations: bool = False,
+    open_asr: bool = False,
 ) -> EvalResult:
     if keyword_set:
         language = dataset.source.language or next((r["language"] for r in rows if r["language"]), None)
@@ -513,8 +577,10 @@ def _finish(
             r["keywords_in_prompt"] = keywords_in_prompt
     for r in rows:
         r.pop("_record", None)
-    result = _score(rows, dataset, label, normalizer, info["wall"], normalize_translations)
+    result = _score(rows, dataset, label, normalizer, info["wall"], normalize_translations, open_asr)
     result.details.update(
+        stream_wall_seconds=info["stream_wall"],
+        paths=info["paths"],
         records=info["records"],
         skipped=info["skipped"],
         repaired=info["repaired"],
@@ -543,16 +609,21 @@ def generation_markdown(results: Sequence[EvalResult]) -> str:
     """Markdown: one table (dataset, task, utts, WER %, CER %, BLEU, RTFx, scoring), then a keyword
     table per keyword set (with / without keywords in the prompt, and the change)."""
     lines = [
-        "| dataset | task | utts | WER % | CER % | BLEU | RTFx | scoring |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| dataset | task | utts | WER % | CER % | BLEU | ins / ref word | > 2x ref length % | RTFx | paths | scoring |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
     ]
     for r in results:
         scoring = normalizer_label(r)
         if r.details.get("bleu_signature"):
             scoring = r.details["bleu_signature"]
+        if r.details.get("merge_compounds"):
+            scoring += ", merge_compounds"
+        hall = r.details.get("hallucination") or {}
+        paths = ", ".join(f"{k} {v}" for k, v in (r.details.get("paths") or {}).items())
         lines.append(
             f"| {r.name} | {r.details.get('task', 'asr')} | {r.num_utts} | {percent(r.wer)} | {percent(r.cer)} | "
-            f"{_fmt(r.details.get('bleu'))} | {_fmt(r.rtfx, 1)} | {scoring} |"
+            f"{_fmt(r.details.get('bleu'))} | {_fmt(hall.get('insertions_per_ref_word'), 3)} | "
+            f"{percent(hall.get('overlong_share'))} | {_fmt(r.rtfx, 1)} | {paths or 'n/a'} | {scoring} |"
         )
     text = "\n".join(lines) + "\n"
     groups: dict[str, dict[str, Any]] = {}
@@ -598,6 +669,8 @@ def run_generate_eval(
     )
     table = generation_markdown(results)
     decoding = "greedy" if settings.num_beams == 1 else f"beam search ({settings.num_beams} beams)"
+    if settings.speculative is not None:
+        decoding = f"{settings.speculative.label}, fallback {decoding}"
     summary = (
         f"model: `{model}`  \ndevice: {device}, dtype: {settings.dtype}, max_frames: {settings.max_frames}, "
         f"max_new_tokens: {settings.max_new_tokens}"

@@ -25,6 +25,10 @@ nothing left out: a model that hallucinates on silence is charged for it, and on
 nothing there is not rewarded. The number of such utterances is returned as
 ``num_empty_refs``. If the whole corpus has no reference words the rate is undefined and is
 returned as ``None``, whatever the number of insertions.
+
+``merge_compounds=True`` is the Open ASR leaderboard's word scoring (kaldialign's
+``batch_error_rate(merge_compounds=True)``): a compound split on one side and joined on the other
+("white paper" / "whitepaper") costs nothing in either direction. Character rates are unchanged.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import jiwer
+import kaldialign
 
 from granite_train.text.normalize import get_normalizer, normalizer_info
 
@@ -42,13 +47,21 @@ NO_SPACE_LANGUAGES = frozenset({"ja", "zh", "th"})
 _COUNTS = ("hits", "substitutions", "deletions", "insertions")
 
 
-def _score(refs: list[str], hyps: list[str], chars: bool) -> dict[str, int]:
+def _score(refs: list[str], hyps: list[str], chars: bool, merge_compounds: bool = False) -> dict[str, int]:
     """Edit counts over the pairs; empty references give insertions only (see module doc)."""
     counts = dict.fromkeys(_COUNTS, 0)
     tokenize = list if chars else str.split
     pairs = [(r, h) for r, h in zip(refs, hyps) if r]
     counts["insertions"] += sum(len(tokenize(h)) for r, h in zip(refs, hyps) if not r)
-    if pairs:
+    if pairs and merge_compounds and not chars:
+        out = kaldialign.batch_error_rate(
+            [tuple(r.split()) for r, _ in pairs], [tuple(h.split()) for _, h in pairs], merge_compounds=True
+        )
+        counts["insertions"] += int(out["ins"])
+        counts["deletions"] += int(out["del"])
+        counts["substitutions"] += int(out["sub"])
+        counts["hits"] += int(out["ref_len"]) - int(out["sub"]) - int(out["del"])
+    elif pairs:
         process = jiwer.process_characters if chars else jiwer.process_words
         out = process([r for r, _ in pairs], [h for _, h in pairs])
         for key in _COUNTS:
@@ -69,6 +82,7 @@ def error_rates(
     hypotheses: Sequence[str],
     normalizer: str = "whisper_english",
     language: str = "en",
+    merge_compounds: bool = False,
 ) -> dict[str, Any]:
     """Corpus WER and CER of ``hypotheses`` against ``references`` (see the module doc).
 
@@ -77,6 +91,7 @@ def error_rates(
         hypotheses: hypotheses, aligned with ``references``.
         normalizer: "whisper_english" (Open ASR leaderboard), "basic" or "none".
         language: a code in :data:`NO_SPACE_LANGUAGES` (e.g. "ja") scores CER without spaces.
+        merge_compounds: the leaderboard's word alignment (see the module doc).
 
     Returns:
         A dict with ``wer`` and ``cer`` (fractions, ``None`` if the corpus has no reference
@@ -102,7 +117,7 @@ def error_rates(
     else:
         char_refs, char_hyps = refs, hyps
 
-    words = _score(refs, hyps, chars=False)
+    words = _score(refs, hyps, chars=False, merge_compounds=merge_compounds)
     chars = _score(char_refs, char_hyps, chars=True)
     result: dict[str, Any] = {"wer": _rate(words), "cer": _rate(chars)}
     result.update({key: words[key] for key in _COUNTS})
@@ -112,7 +127,22 @@ def error_rates(
     result.update(
         num_utts=len(refs),
         num_empty_refs=sum(not r for r in refs),
+        # hallucination signals: hypotheses over twice their reference's length (in words)
+        overlong_hyps=sum(len(h.split()) > 2 * len(r.split()) for r, h in zip(refs, hyps)),
+        merge_compounds=merge_compounds,
         language=language,
         normalizer=normalizer_info(normalizer),
     )
     return result
+
+
+def hallucination_summary(metrics: dict[str, Any]) -> dict[str, Any]:
+    """What :func:`error_rates` says about invented words: insertions per reference word, and the
+    share (and count) of hypotheses more than twice their reference's length in words (any output
+    for an empty reference counts). ``None`` where the denominator is zero."""
+    ref_words, utts = metrics["ref_words"], metrics["num_utts"]
+    return {
+        "insertions_per_ref_word": metrics["insertions"] / ref_words if ref_words else None,
+        "overlong_share": metrics["overlong_hyps"] / utts if utts else None,
+        "overlong_hyps": metrics["overlong_hyps"],
+    }

@@ -20,6 +20,7 @@ from granite_train.data.collate import Collator, ExampleBatch
 from granite_train.data.pipeline import FRAME_RATE, PipelineConfig
 from granite_train.data.prepare import PrepareConfig
 from granite_train.data.sources import SourceSpec
+from granite_train.eval.speculative import SpeculativeSettings
 from granite_train.text.normalize import NORMALIZER_NAMES
 from granite_train.typed_config import check_keys, from_mapping
 
@@ -32,6 +33,7 @@ DTYPES = {
     "fp16": torch.float16,
 }
 REFERENCES = ("text", "ctc_target")
+PROTOCOLS = ("default", "open_asr")
 NORMALIZER_CHOICES = (*NORMALIZER_NAMES, "auto")
 SAMPLE_RATE = LogMelFeatures.SAMPLE_RATE
 
@@ -61,6 +63,17 @@ class EvalSettings:
             without hearing anything (AST: a BLEU gap shows the audio is read).
         normalize_translations: AST: score against references normalised as the targets were
             (``prompts.normalize_translations`` in training: lowercase, no punctuation).
+        protocol: ``default``, or ``open_asr``: the Open ASR leaderboard's scoring. Whisper English
+            normaliser, references empty once normalised left out before decoding (counted as
+            ``empty_normalized_reference``), words aligned with kaldialign's ``merge_compounds``.
+        speculative: generation: CTC-draft speculative decoding with these thresholds
+            (:class:`~granite_train.eval.speculative.SpeculativeSettings`); None = autoregressive.
+        probes: generation: also decode the built-in hallucination probes (silence, noise, one-word
+            clips; :mod:`granite_train.eval.probes`) and report non-empty / over-long outputs.
+
+    RTFx is the leaderboard's: audio seconds over the summed wall time of each batch's features,
+    model and decoding (audio decoding and loading excluded); ``stream_wall_seconds`` in a
+    result's details is the whole pass, loading included.
     """
 
     device: str = "auto"
@@ -79,8 +92,13 @@ class EvalSettings:
     keywords_in_prompt: bool | str = True
     zero_audio: bool = False
     normalize_translations: bool = False
+    protocol: str = "default"
+    speculative: SpeculativeSettings | None = None
+    probes: bool = False
 
     def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         for name in ("normalizer", "generate_normalizer"):
@@ -101,6 +119,10 @@ class EvalSettings:
             return base
         check_keys(overrides, {f.name for f in fields(cls)}, "eval")
         return replace(base, **overrides)
+
+    @property
+    def open_asr(self) -> bool:
+        return self.protocol == "open_asr"
 
     @property
     def longest_seconds(self) -> float:
@@ -198,10 +220,39 @@ def resolve_normalizer(name: str, language: str | None) -> str:
     return "whisper_english" if english else "basic"
 
 
+EMPTY_REFERENCE = "empty_normalized_reference"
+_IGNORED_REFERENCE = "ignore time segment in scoring"  # the leaderboard's marker of unscored audio
+
+
+def drop_unscorable_references(examples: ExampleBatch, normalize) -> ExampleBatch:
+    """The Open ASR leaderboard's filter, before decoding: records whose reference normalises to
+    nothing (or is the ``ignore time segment in scoring`` marker) are left out, and counted."""
+    if not isinstance(examples, ExampleBatch) or not examples.examples:
+        return examples
+    keep = []
+    for e in examples.examples:
+        normalized = " ".join(normalize(e.record.get("text") or "").split())
+        if normalized and normalized != _IGNORED_REFERENCE:
+            keep.append(e)
+    dropped = len(examples.examples) - len(keep)
+    if not dropped:
+        return examples
+    skipped = dict(examples.skipped)
+    skipped[EMPTY_REFERENCE] = skipped.get(EMPTY_REFERENCE, 0) + dropped
+    return ExampleBatch(keep, skipped, dict(examples.drawn))
+
+
 class TallyPassingCollator(Collator):
-    """Collator that passes the pipeline's final tally batches (no examples) through as they are."""
+    """Collator that passes the pipeline's final tally batches (no examples) through as they are;
+    ``reference_filter`` (e.g. :func:`drop_unscorable_references`) runs first."""
+
+    def __init__(self, *args, reference_filter=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.reference_filter = reference_filter
 
     def __call__(self, examples):
+        if self.reference_filter is not None:
+            examples = self.reference_filter(examples)
         if isinstance(examples, ExampleBatch) and not examples.examples:
             return examples
         return super().__call__(examples)
@@ -233,10 +284,13 @@ def eval_pipeline_config(source: SourceSpec, max_frames: int, max_duration: floa
 
 __all__ = [
     "DTYPES",
+    "EMPTY_REFERENCE",
+    "PROTOCOLS",
     "REFERENCES",
     "EvalDataset",
     "EvalSettings",
     "TallyPassingCollator",
+    "drop_unscorable_references",
     "eval_datasets",
     "eval_pipeline_config",
     "resolve_device",
