@@ -426,7 +426,9 @@ def _score(
             },
         )
     else:
-        norm = "whisper_english" if open_asr else resolve_normalizer(dataset.normalizer or normalizer, language)
+        norm = (
+            "whisper_english" if open_asr else resolve_normalizer(dataset.normalizer or normalizer, language)
+        )
         metrics = error_rates(refs, hyps, normalizer=norm, language=language, merge_compounds=open_asr)
         result = EvalResult.from_metrics(name, metrics, audio_seconds, wall)
         result.details["hallucination"] = hallucination_summary(metrics)

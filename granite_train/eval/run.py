@@ -94,7 +94,9 @@ def _evaluate_one(
     start = time.perf_counter()
     config = eval_pipeline_config(spec, settings.max_frames, settings.longest_seconds)
     pipeline = SpeechDataPipeline(config, rank=0, world_size=1, final_tally=True)
-    collator = TallyPassingCollator(compute_features=not features_on_device, reference_filter=reference_filter)
+    collator = TallyPassingCollator(
+        compute_features=not features_on_device, reference_filter=reference_filter
+    )
     loader = build_dataloader(pipeline, num_workers=settings.num_workers, collator=collator)
     bar = tqdm(desc=f"eval {spec.name}", unit="utt", disable=not settings.progress, dynamic_ncols=True)
     for batch in loader:

@@ -123,7 +123,9 @@ def _draft_ids(tokenizer, draft: str, leading_space: bool, limit: int) -> list[i
 
 
 @torch.no_grad()
-def _verify(speech, prompts: list[list[int]], drafts: list[list[int]], audio, counts) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _verify(
+    speech, prompts: list[list[int]], drafts: list[list[int]], audio, counts
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per row: (probability of each draft token, the verifier's argmax at each draft position and
     the one after it). One forward over right-padded [prompt | draft] rows."""
     pad = speech.tokenizer.pad_token_id
@@ -137,7 +139,9 @@ def _verify(speech, prompts: list[list[int]], drafts: list[list[int]], audio, co
         ids[i, : len(row)] = torch.tensor(row, device=device)
         mask[i, : len(row)] = 1
     embeds = speech._merge_audio(ids, audio, counts)
-    hidden = speech.language_model(inputs_embeds=embeds, attention_mask=mask, use_cache=False).last_hidden_state
+    hidden = speech.language_model(
+        inputs_embeds=embeds, attention_mask=mask, use_cache=False
+    ).last_hidden_state
     # position t predicts token t+1: the draft's tokens are predicted from len(prompt)-1 onwards
     row_index, positions = [], []
     for i, (p, d) in enumerate(zip(prompts, drafts)):
@@ -163,7 +167,9 @@ def _resume_prefix(draft: list[int], argmax: torch.Tensor) -> list[int]:
 
 
 @torch.no_grad()
-def _fallback(speech, prompts, prefixes, audio, counts, max_new_tokens: int, generate_kwargs) -> list[list[int]]:
+def _fallback(
+    speech, prompts, prefixes, audio, counts, max_new_tokens: int, generate_kwargs
+) -> list[list[int]]:
     """Autoregressive decoding of each row after its prompt and resumed prefix (left-padded batch)."""
     tokenizer = speech.tokenizer
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -248,7 +254,9 @@ def speculative_decode(
     prefixes: dict[int, list[int]] = {}
     if todo:
         index = torch.tensor(todo, device=device)
-        verdicts = _verify(speech, [prompts[i] for i in todo], [draft_ids[i] for i in todo], audio[index], counts[index])
+        verdicts = _verify(
+            speech, [prompts[i] for i in todo], [draft_ids[i] for i in todo], audio[index], counts[index]
+        )
         for i, (probs, argmax) in zip(todo, verdicts):
             ids = draft_ids[i]
             if ids and bool((probs >= settings.confidence_threshold).all()):
