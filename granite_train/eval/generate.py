@@ -529,9 +529,11 @@ def evaluate_speech_llm(
                     settings.normalize_translations,
                     settings.open_asr,
                 )
-                decoding = "greedy" if num_beams == 1 else f"beam_search({num_beams})"
-                if info["speculative"] is not None:
-                    decoding = f"{settings.speculative.label} + {decoding}"
+                decoding = (
+                    _decoding_label(settings)
+                    if info["speculative"] is not None
+                    else ("greedy" if num_beams == 1 else f"beam_search({num_beams})")
+                )
                 result.details.update(
                     decoding=decoding,
                     speculative=info["speculative"],
@@ -553,11 +555,54 @@ def evaluate_speech_llm(
                     result.details["model"] = model_name
                 results.append(result)
                 all_rows.extend(rows)
+        if settings.probes:
+            result, rows = _run_probes(speech, prompts, settings, device, features_on_device)
+            if model_name is not None:
+                result.details["model"] = model_name
+            results.append(result)
+            all_rows.extend(rows)
     finally:
         speech.train(was_training)
     if hypotheses_path is not None:
         write_hypotheses(all_rows, hypotheses_path)
     return results
+
+
+PROBES_NAME = "hallucination_probes"
+
+
+def _run_probes(speech, prompts, settings: EvalSettings, device, features_on_device: bool):
+    """Decode the built-in probe set (:mod:`granite_train.eval.probes`) as the test sets were."""
+    import tempfile
+
+    from granite_train.eval.probes import probe_report, write_probe_set
+
+    with tempfile.TemporaryDirectory() as tmp:
+        dataset = EvalDataset(
+            SourceSpec(
+                name=PROBES_NAME, path=str(write_probe_set(tmp)), split="test", language="en", task="asr"
+            )
+        )
+        # scored as is: the leaderboard's filter would drop the empty references that are the point
+        plain = dataclasses.replace(settings, protocol="default")
+        rows, info = _decode_pass(
+            speech,
+            dataset,
+            name=PROBES_NAME,
+            keywords_in_prompt=False,
+            prompts=prompts,
+            settings=plain,
+            device=device,
+            features_on_device=features_on_device,
+        )
+    result = _finish(dataset, PROBES_NAME, rows, info, "whisper_english", False, False)
+    result.details.update(probes=probe_report(rows), decoding=_decoding_label(settings))
+    return result, rows
+
+
+def _decoding_label(settings: EvalSettings) -> str:
+    decoding = "greedy" if settings.num_beams == 1 else f"beam_search({settings.num_beams})"
+    return decoding if settings.speculative is None else f"{settings.speculative.label} + {decoding}"
 
 
 def _finish(
@@ -641,6 +686,13 @@ def generation_markdown(results: Sequence[EvalResult]) -> str:
     for base, conditions in groups.items():
         ordered = {k: conditions[k] for k in (CONDITIONS[False], CONDITIONS[True]) if k in conditions}
         text += f"\n### Keyword biasing: {base}\n\n" + biasing_markdown(ordered)
+    for r in results:
+        if r.details.get("probes"):
+            from granite_train.eval.probes import probe_markdown
+
+            text += "\n### Hallucination probes (silence, noise, one word)\n\n" + probe_markdown(
+                r.details["probes"]
+            )
     return text
 
 
