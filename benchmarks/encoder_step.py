@@ -78,7 +78,8 @@ def encoder_flops(config, batch: int, frames: int) -> float:
     return 3.0 * (matmul + attention)
 
 
-def run(size: str, args) -> None:
+def run(size: str, args) -> dict:
+    """Build, time; returns the figures (also printed)."""
     device = args.device
     config, ref, ours = build(size, device, args.attn_impl)
     frames = int(args.seconds * 50)
@@ -123,16 +124,39 @@ def run(size: str, args) -> None:
     print(f"  reference step  {1000 * mr:9.1f} ms (median of {args.steps})")
     print(f"  ours step       {1000 * mo:9.1f} ms")
     print(f"  ratio ours/reference time: {mo / mr:.2f}x  (goal <= 1.0x; on GPU >= 2x faster = <= 0.5x)")
+    result = {
+        "size": size,
+        "params": params,
+        "batch": args.batch,
+        "seconds": args.seconds,
+        "frames": frames,
+        "dtype": args.dtype,
+        "attn_impl": args.attn_impl,
+        "device": device,
+        "steps": args.steps,
+        "time_ours": mo,
+        "time_ref": mr,
+        "time_ratio": mo / mr,
+    }
     if device == "cuda":
         flops = encoder_flops(config, args.batch, frames)
-        print(
-            f"  MFU ours {100 * flops / mo / (args.peak_tflops * 1e12):.1f}%  "
-            f"reference {100 * flops / mr / (args.peak_tflops * 1e12):.1f}%  (peak {args.peak_tflops} TFLOP/s)"
+        result.update(
+            flops_per_step=flops,
+            peak_tflops=args.peak_tflops,
+            mfu_ours=flops / mo / (args.peak_tflops * 1e12),
+            mfu_ref=flops / mr / (args.peak_tflops * 1e12),
+            peak_memory_bytes=torch.cuda.max_memory_allocated(),
+            gpu=torch.cuda.get_device_name(),
         )
-        print(f"  peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
+        print(
+            f"  MFU ours {100 * result['mfu_ours']:.1f}%  "
+            f"reference {100 * result['mfu_ref']:.1f}%  (peak {args.peak_tflops} TFLOP/s)"
+        )
+        print(f"  peak memory {result['peak_memory_bytes'] / 2**30:.1f} GiB")
+    return result
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -145,13 +169,12 @@ def main() -> None:
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--attn-impl", default="sdpa", choices=["sdpa", "math"])
     parser.add_argument("--peak-tflops", type=float, default=989.0)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda: no CUDA device available")
     sizes = args.sizes or ("full" if args.device == "cuda" else "tiny,medium")
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
-    for size in sizes.split(","):
-        run(size.strip(), args)
+    return [run(size.strip(), args) for size in sizes.split(",")]
 
 
 if __name__ == "__main__":

@@ -5,9 +5,11 @@
     .venv/bin/python benchmarks/speculative_decoding.py --model DIR --data DIR --device cuda --dtype bf16 \
         --pairs 0.7/0.2 3.0/0.1 --num-beams 2
 
-One process, one model load: greedy autoregressive decoding first and last (its RTFx is the mean
-of the two runs, which brackets the machine's drift), each ``ctc_threshold/confidence_threshold``
-pair in between, and the CTC draft alone (the gate wide open: the encoder's own WER and speed).
+One process, one model load, ``--rounds`` rounds of: greedy autoregressive decoding, each
+``ctc_threshold/confidence_threshold`` pair, and the CTC draft alone (the gate wide open: the
+encoder's own WER and speed). Each setting's RTFx is its median over the rounds, so drift of a
+shared machine hits every setting alike; on a loaded CPU use ``--threads 1`` (idle OpenMP threads
+spin while others are descheduled, which makes multi-threaded timings erratic).
 RTFx is the leaderboard's (summed per-batch compute time; :mod:`granite_train.eval.generate`).
 Prints a markdown table (RTFx ratio and WER change against autoregressive, share of utterances on
 each path) and writes ``speculative.json``, ``speculative.md`` and ``speculative.png`` (WER against
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -117,8 +120,14 @@ def main() -> None:
     parser.add_argument(
         "--no-leading-space", action="store_true", help="draft without a leading space (released 4.0-1b)"
     )
+    parser.add_argument("--rounds", type=int, default=2, help="timed passes per setting (median RTFx)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     parser.add_argument("--out", type=Path, default=Path("work/speculative"))
     args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
 
     speech = load_speech_llm_checked(args.model)
     if args.dtype in ("float32", "fp32"):
@@ -144,24 +153,31 @@ def main() -> None:
         )
         return result
 
-    first = run(None, "autoregressive")
-    spec_results = []
+    space = not args.no_leading_space
+    settings = {"autoregressive": None}
     for ctc, confidence in args.pairs:
-        settings = SpeculativeSettings(ctc, confidence, draft_leading_space=not args.no_leading_space)
-        spec_results.append(
-            (f"speculative {ctc:g} / {confidence:g}", run(settings, f"{ctc:g}_{confidence:g}"))
+        settings[f"speculative {ctc:g} / {confidence:g}"] = SpeculativeSettings(
+            ctc, confidence, draft_leading_space=space
         )
-    draft = run(
-        SpeculativeSettings(OPEN_GATE, 0.0, draft_leading_space=not args.no_leading_space), "ctc_draft"
-    )
-    last = run(None, "autoregressive_again")
+    settings["CTC draft alone"] = SpeculativeSettings(OPEN_GATE, 0.0, draft_leading_space=space)
+    runs: dict[str, list] = {name: [] for name in settings}
+    for _ in range(args.rounds):
+        for name, setting in settings.items():
+            runs[name].append(run(setting, name.replace(" / ", "_").replace(" ", "_")))
 
-    reference = _row("autoregressive", first)
-    reference["rtfx"] = (first.rtfx + last.rtfx) / 2
-    reference["rtfx_runs"] = [first.rtfx, last.rtfx]
-    rows = [reference]
-    rows += [_row(name, r, reference) for name, r in spec_results]
-    rows.append(_row("CTC draft alone", draft, reference))
+    def median_row(name: str, reference=None) -> dict:
+        results = runs[name]
+        row = _row(name, results[0])
+        row["rtfx"] = statistics.median(r.rtfx for r in results)
+        row["rtfx_runs"] = [r.rtfx for r in results]
+        if reference is not None:
+            row["rtfx_ratio"] = row["rtfx"] / reference["rtfx"]
+            row["wer_change_points"] = 100 * (row["wer"] - reference["wer"])
+        return row
+
+    reference = median_row("autoregressive")
+    rows = [reference] + [median_row(name, reference) for name in settings if name != "autoregressive"]
+    first = runs["autoregressive"][0]
     table = _markdown(rows)
     print(table, end="")
     device = first.details.get("device")

@@ -33,6 +33,7 @@ from granite_train.typed_config import ConfigKeyError
 log = logging.getLogger("granite_train")
 
 _RECIPE_PATH: Path | None = None  # the recipe file `granite-train train` composes (for error messages)
+_PLAN_OVERRIDES: list[str] = []  # `granite-train plan`: the recipe overrides (the rest is configs/plan.yaml)
 
 
 def data_report(cfg: DictConfig) -> None:
@@ -149,6 +150,29 @@ def export(cfg: DictConfig) -> None:
     print(f"exported encoder to {out}")
 
 
+def plan(cfg: DictConfig) -> None:
+    """Cost of a recipe before it runs: steps, audio hours, FLOPs, GPU-hours and days."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from granite_train.recipes import load_recipe
+    from granite_train.training.plan import PlanOptions, plan_recipe, write_plan
+    from granite_train.typed_config import from_mapping
+
+    values = _container(cfg)
+    recipe, output = values.pop("recipe"), values.pop("output")
+    output = output or Path(HydraConfig.get().runtime.output_dir) / "plan.json"
+    values.pop("paths", None)
+    try:
+        options = from_mapping(PlanOptions, values, "plan")
+        composed = load_recipe(recipe, _PLAN_OVERRIDES)  # as `granite-train train` composes it
+        result = plan_recipe(composed, options, stage1=load_recipe)
+    except (ConfigKeyError, MissingRecipeValueError, RecipeNotFoundError, ValueError) as err:
+        print(f"granite-train plan: {err}", file=sys.stderr)
+        sys.exit(2)
+    print(result.format())
+    print(f"\nplan written to {write_plan(result, output)}")
+
+
 COMMANDS: dict[str, tuple[str, Callable[[DictConfig], None]]] = {
     "demo": ("demo", demo),
     "data-demo": ("data_demo", data_demo),
@@ -157,6 +181,7 @@ COMMANDS: dict[str, tuple[str, Callable[[DictConfig], None]]] = {
     "export": ("export", export),
     "train": ("", train),  # the config is the recipe named on the command line
     "finetune": ("finetune", finetune),
+    "plan": ("plan", plan),
 }
 
 
@@ -182,6 +207,9 @@ def main(argv: list[str] | None = None) -> None:
     config_dir = CONFIG_DIR
     if command == "finetune":  # `model=` / `data=` would select config groups: they name paths here
         rest = [re.sub(r"^(model|data)=", r"\1_path=", a) for a in rest]
+    if command == "plan":
+        global _PLAN_OVERRIDES
+        rest, _PLAN_OVERRIDES = _plan_arguments(rest)
     if command == "train":
         global _RECIPE_PATH
         config_dir, config_name, rest = _recipe(rest)
@@ -212,6 +240,27 @@ def _recipe(args: list[str]) -> tuple[Path, str, list[str]]:
         print(f"granite-train train: {err}", file=sys.stderr)
         sys.exit(2)
     return path.parent, path.stem, rest
+
+
+def _plan_arguments(args: list[str]) -> tuple[list[str], list[str]]:
+    """Split ``granite-train plan``'s arguments: (plan options and Hydra flags, recipe overrides).
+
+    Plan options are the keys of ``configs/plan.yaml`` (``recipe``, ``output`` and the
+    :class:`~granite_train.training.plan.PlanOptions` fields; ``--measure`` is ``measure=true``);
+    every other ``key=value`` overrides the recipe, as ``granite-train train`` takes it.
+    """
+    from granite_train.training.plan import PlanOptions
+
+    own_keys = {"recipe", "output", *PlanOptions.__dataclass_fields__}
+    own, recipe = [], []
+    for arg in args:
+        arg = "measure=true" if arg == "--measure" else arg
+        key = arg.partition("=")[0].lstrip("+~")
+        if "=" not in arg or arg.startswith("-") or key in own_keys or key.startswith("hydra."):
+            own.append(arg)
+        else:
+            recipe.append(arg)
+    return own, recipe
 
 
 if __name__ == "__main__":

@@ -223,7 +223,8 @@ def _free_port() -> int:
 def test_ddp_two_processes_skip_together_and_validate_unequal_shares(parts, corpus, tmp_path):
     """2 ranks (gloo): disjoint examples, equal weights; a NaN loss on rank 1 only and an infinite
     gradient on rank 1 only (finite loss) each skip the step on both ranks, with gradient
-    accumulation 2; generation validation finishes with 3 utterances split unequally."""
+    accumulation 2; an auxiliary head with no loss on rank 1 only does not stall or crash the
+    step; generation validation finishes with 3 utterances split unequally."""
     from safetensors.torch import load_file
 
     from granite_train.training.callbacks import read_metrics_csv
@@ -237,7 +238,9 @@ def test_ddp_two_processes_skip_together_and_validate_unequal_shares(parts, corp
             "trainer.val_every_n_steps=5", "trainer.export_hf=false", "optim.accumulate_grad_batches=2",
             "data.num_workers=0", "data.val.max_frames=60", "validation.generate_batches=4",
             "debug.log_sample_ids=true", "debug.save_rank_weights=true",
-            "debug.fault_injection={nan_loss_at_steps: [1], inf_grad_at_steps: [3], ranks: [1]}",
+            # rank 1 only: a NaN loss, an infinite gradient, and an audio-CTC head left without a
+            # gradient (every utterance too short for it), which DDP must not wait on
+            "debug.fault_injection={nan_loss_at_steps: [1], inf_grad_at_steps: [3], aux_dropped_at_steps: [2], ranks: [1]}",
         ),
     ]  # fmt: skip
     proc = subprocess.run(cmd, env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=600)
@@ -256,5 +259,6 @@ def test_ddp_two_processes_skip_together_and_validate_unequal_shares(parts, corp
         assert torch.equal(w0[key], w1[key]), key  # a rank that stepped alone would differ here
     counters = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["granite_train"]["counters"]
     assert counters["nonfinite_steps"] == 2, counters
+    assert "no audio-CTC loss at step 2 on rank 1" in proc.stdout + proc.stderr
     rows = read_metrics_csv(out / "metrics.csv")
     assert any("val/wer" in r for r in rows) and any("val/loss" in r for r in rows)

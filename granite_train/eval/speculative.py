@@ -231,7 +231,6 @@ def speculative_decode(
     feature_lengths = feature_lengths.to(device)
     hidden, encoder_out = speech._encode(features, feature_lengths)
     drafts, entropies = ctc_draft(encoder_out.logits, encoder_out.lengths)
-    audio, counts = speech.audio_embeds(features, feature_lengths, hidden)  # (B, Q, D), (B,)
     batch = len(drafts)
     prompts = [row[m.bool()].tolist() for row, m in zip(prompt_ids.cpu(), prompt_mask.cpu())]
 
@@ -252,11 +251,14 @@ def speculative_decode(
         for i in todo
     }
     prefixes: dict[int, list[int]] = {}
+    audio = counts = None
     if todo:
         index = torch.tensor(todo, device=device)
-        verdicts = _verify(
-            speech, [prompts[i] for i in todo], [draft_ids[i] for i in todo], audio[index], counts[index]
-        )
+        # the projector runs for the utterances the gate did not settle only (windows are per
+        # utterance, so a subset is exact); rows of `audio` follow `todo`
+        audio, counts = speech.audio_embeds(features[index], feature_lengths[index], hidden[index])
+        position = {i: k for k, i in enumerate(todo)}
+        verdicts = _verify(speech, [prompts[i] for i in todo], [draft_ids[i] for i in todo], audio, counts)
         for i, (probs, argmax) in zip(todo, verdicts):
             ids = draft_ids[i]
             if ids and bool((probs >= settings.confidence_threshold).all()):
@@ -274,7 +276,7 @@ def speculative_decode(
 
     if prefixes:
         rows = sorted(prefixes)
-        index = torch.tensor(rows, device=device)
+        index = torch.tensor([position[i] for i in rows], device=device)
         kwargs = {"num_beams": num_beams, "early_stopping": num_beams > 1} if num_beams > 1 else {}
         new = _fallback(
             speech,

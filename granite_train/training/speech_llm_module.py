@@ -149,6 +149,15 @@ class SpeechLLMModule(StepSkippingModule):
             ctc, dropped = audio_ctc_loss(
                 audio, counts, batch.labels, self.audio_ctc_head, blank=self.tokenizer.pad_token_id
             )
+            if self.global_step in self.aux_dropped_steps and (
+                self.fault_ranks is None or self.global_rank in self.fault_ranks
+            ):  # test hook: as if no utterance of this batch could be aligned
+                ctc, dropped = None, len(batch.ids)
+                log.warning(
+                    "fault injection: no audio-CTC loss at step %d on rank %d",
+                    self.global_step,
+                    self.global_rank,
+                )
             if dropped:
                 self.counters["skipped/audio_ctc_too_short"] += dropped
             if ctc is not None:

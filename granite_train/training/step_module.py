@@ -57,6 +57,8 @@ class StepSkippingModule(L.LightningModule):
         seed: base seed of the dropout draws.
         fault_injection: test hook: ``{"nan_loss_at_steps": [..]}`` makes those steps' loss NaN,
             ``{"inf_grad_at_steps": [..]}`` one gradient infinite after backward (a finite loss),
+            ``{"aux_dropped_at_steps": [..]}`` stage 2's audio-CTC head sees every utterance of
+            those steps as too short (no alignable target: the head's gradient would be missing),
             ``{"ranks": [..]}`` on those ranks only (default: every rank).
     """
 
@@ -76,6 +78,7 @@ class StepSkippingModule(L.LightningModule):
         self.fault_injection = fault_injection
         self.nan_steps = set((fault_injection or {}).get("nan_loss_at_steps", []))
         self.inf_grad_steps = set((fault_injection or {}).get("inf_grad_at_steps", []))
+        self.aux_dropped_steps = set((fault_injection or {}).get("aux_dropped_at_steps", []))
         self.fault_ranks = (fault_injection or {}).get("ranks")
         self.counters: Counter[str] = Counter()
         self._micro = 0  # micro-batches accumulated since the last optimizer step
