@@ -294,6 +294,7 @@ def test_published_stage2_plan_frozen_encoder_and_known_llm(no_model_built):
         stage1=load_recipe,
     )
     assert plan.stage == "speech_llm" and plan.num_gpus == 16
+    assert plan.global_utterances == 16 * 16  # 16 x 15 s per GPU: 128 on the published 8 GPUs
     assert plan.flops.backward["encoder"] == 0  # frozen: no graph
     assert plan.flops.forward.keys() == {"encoder", "projector", "llm"}
     assert plan.sequence_tokens == 24 + 150 + 61  # 150 audio tokens for 15 s (10 Hz); 60 + EOS
