@@ -196,8 +196,9 @@ class DebugConfig:
     Attributes:
         log_sample_ids: write ``samples.rank<R>.jsonl``, the ids each micro-batch trained on.
         save_rank_weights: write ``rank_weights/encoder.rank<R>.safetensors`` at the end.
-        fault_injection: ``{nan_loss_at_steps: [..], inf_grad_at_steps: [..], ranks: [..]}``: those
-            steps' loss NaN / one gradient infinite, on those ranks (default all) (tests).
+        fault_injection: ``{nan_loss_at_steps: [..], inf_grad_at_steps: [..],
+            aux_dropped_at_steps: [..], ranks: [..]}``: those steps' loss NaN / one gradient
+            infinite / no audio-CTC loss (stage 2), on those ranks (default all) (tests).
     """
 
     log_sample_ids: bool = False
@@ -207,7 +208,7 @@ class DebugConfig:
     def __post_init__(self) -> None:
         check_keys(
             self.fault_injection or {},
-            {"nan_loss_at_steps", "inf_grad_at_steps", "ranks"},
+            {"nan_loss_at_steps", "inf_grad_at_steps", "aux_dropped_at_steps", "ranks"},
             "debug.fault_injection",
         )
 
