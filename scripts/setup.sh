@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Idempotent set-up: system packages (espeak-ng, apertium-eng-spa / eng-cat / spa-cat), a virtualenv, granite-train with pinned deps.
+# Idempotent set-up: system packages (espeak-ng, festival + voices, flite, apertium-eng-spa / eng-cat / spa-cat), a virtualenv, granite-train with pinned deps.
 # Re-running is cheap: pip runs again only when pyproject.toml or constraints.txt changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -7,6 +7,14 @@ VENV=${GT_VENV:-.venv}
 
 missing=()
 command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
+# TTS engines of data_prep.tts: Festival with its English (kal, ked diphones; slt HTS) and Italian
+# (lp, pc) voices is in the default training mix; flite is the held-out engine for test sets
+command -v festival >/dev/null 2>&1 || missing+=(festival)
+for pkg in festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts festvox-italp16k festvox-itapc16k; do
+  status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
+  [[ $status == *"ok installed"* ]] || missing+=("$pkg")
+done
+command -v flite >/dev/null 2>&1 || missing+=(flite)
 # Apertium English-Spanish: the offline MT backend of data_prep.translate (its test translates for real)
 # (list first, then grep: `grep -q` closing the pipe early would fail the pipeline under pipefail)
 modes=$(apertium -l 2>/dev/null || true)

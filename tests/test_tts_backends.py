@@ -139,7 +139,7 @@ def test_kokoro_without_package_says_how_to_install(monkeypatch: pytest.MonkeyPa
 
 def test_unknown_backend_name() -> None:
     with pytest.raises(ValueError, match="unknown TTS backend"):
-        get_backend("festival")
+        get_backend("mbrola")
 
 
 def _fake_kokoro(monkeypatch: pytest.MonkeyPatch) -> list:

@@ -304,6 +304,8 @@ def test_cli_end_to_end_with_espeak(tmp_path: Path, capsys: pytest.CaptureFixtur
         f"ja={tmp_path / 'ja.txt'}",
         "--out",
         str(tmp_path / "out"),
+        "--backend",
+        "espeak",
     ]
     summary = run_cli([*argv, "--num-workers", "1"])
     assert summary.num_examples == {"train": 3} and not summary.failures
@@ -330,6 +332,8 @@ def test_cli_json_dataset_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
             "--quiet",
             "--num-workers",
             "1",
+            "--backend",
+            "espeak",
         ]
     )
     assert summary.total_examples == 3

@@ -3,6 +3,8 @@
     granite-tts --texts data_prep/texts --languages en,ja --out work/tts --test-fraction 0.1
     granite-tts --texts en=my_en.txt fr=my_fr.txt --out work/tts --num-workers 8
     granite-tts --dataset parquet --data-files 'texts/*.parquet' --column text --language ja --out work/tts_ja
+    granite-tts --languages en --engines espeak=0.3,festival=0.7 --out work/tts_mix
+    granite-tts --languages en --engines flite --test-fraction 0.05 --out work/tts_flite   # held-out engine
 
 Data flow::
 
@@ -11,13 +13,16 @@ Data flow::
       -> split by sha1(sentence): train / test, so no sentence is in both
       -> interleave languages round-robin, cut into shards of --shard-size sentences
       -> per shard (one worker process each, RNG = (seed, split, shard index)):
-         sample voice -> backend.synthesize -> mono 16 kHz -> 16-bit FLAC bytes
+         [draw the engine (--engines mix)] -> sample voice -> backend.synthesize -> mono 16 kHz
+         -> 16-bit FLAC bytes
       -> OUT/data/<split>-<index:05d>.parquet  (temp file + atomic rename)
       -> OUT/README.md dataset card, OUT/failures.jsonl
 
 Output columns: id (str), audio (datasets.Audio(16000): {bytes: FLAC, path}), text, language, voice,
-duration (float32 seconds), then any ``extra_columns`` (e.g. the katakana CTC target of Japanese, see
-``data_prep.japanese``). Same inputs + seed -> byte-identical shards, whatever the worker count.
+duration (float32 seconds), then ``engine`` (espeak-ng, festival, flite, kokoro, kokoro-ja) when the
+backend is an engine mix (``MultiEngineBackend``: every ``--engines`` run, the CLI default), then any
+``extra_columns`` (e.g. the katakana CTC target of Japanese, see ``data_prep.japanese``). Same inputs
++ seed -> byte-identical shards, whatever the worker count.
 
 Resume: a shard is finished when its parquet file exists and its state file
 ``OUT/.shards/<split>-<index>.json`` carries the fingerprint of the shard's inputs (sentences, seed,
@@ -55,7 +60,17 @@ from data_prep.shards import (
     split_bytes,
     write_rejects,
 )
-from data_prep.tts.backends import BackendUnavailableError, TTSBackend, describe_backend, get_backend
+from data_prep.tts.backends import (
+    DEFAULT_ENGINES,
+    ENGINES,
+    HELD_OUT_ENGINES,
+    BackendUnavailableError,
+    TTSBackend,
+    describe_backend,
+    get_backend,
+    get_engines,
+    parse_engine_weights,
+)
 from data_prep.tts.card import write_dataset_card
 from data_prep.tts.corpus import SAMPLING_RATE, CorpusSummary, features
 
@@ -209,6 +224,22 @@ class _ShardTask:
     seed: int
     backend: Any
     extra_columns: ExtraColumns | None = None
+    record_engine: bool = False
+
+
+def records_engine(backend: Any) -> bool:
+    """Whether ``backend`` mixes engines, so that the corpus gets an ``engine`` column."""
+    return bool(getattr(backend, "records_engine", False))
+
+
+def _column_types(extra: ExtraColumns | None, record_engine: bool) -> dict[str, str] | None:
+    """Columns after the built-in ones: ``engine`` (engine mixes), then the hook's."""
+    columns = {"engine": "string"} if record_engine else {}
+    if extra is not None:
+        if record_engine and "engine" in extra.features:
+            raise ValueError("extra column 'engine' clashes with the engine column of an engine mix")
+        columns.update(extra.features)
+    return columns or None
 
 
 def _shard_rng(seed: int, split: str, index: int) -> np.random.Generator:
@@ -279,6 +310,7 @@ def _run_shard(task: _ShardTask, on_sentence: Callable[[float], None] | None = N
                     "language": language,
                     "text": text,
                     "voice": voice.tag,
+                    **({"engine": voice.backend} if task.record_engine else {}),
                     "reason": f.reason,
                     "detail": f.detail,
                 }
@@ -294,6 +326,7 @@ def _run_shard(task: _ShardTask, on_sentence: Callable[[float], None] | None = N
                     "language": language,
                     "voice": voice.tag,
                     "duration": seconds,
+                    **({"engine": voice.backend} if task.record_engine else {}),
                     **extra,
                 }
             )
@@ -305,8 +338,9 @@ def _run_shard(task: _ShardTask, on_sentence: Callable[[float], None] | None = N
 
     import pyarrow as pa
 
-    extra_features = task.extra_columns.features if task.extra_columns is not None else None
-    table = pa.Table.from_pylist(rows, schema=features(extra_features).arrow_schema)
+    table = pa.Table.from_pylist(
+        rows, schema=features(_column_types(task.extra_columns, task.record_engine)).arrow_schema
+    )
     state = shard.new_state(
         FORMAT_VERSION,
         num_sentences=len(task.items),
@@ -365,8 +399,10 @@ def generate_corpus(
         texts: language -> a text file path (one sentence per line) or an iterable of sentences
             (e.g. ``iter_dataset_texts(...)``; read lazily up to ``max_sentences_per_language``).
         out_dir: dataset folder: ``data/<split>-XXXXX.parquet``, ``README.md``, ``failures.jsonl``.
-        backend: a ``TTSBackend`` or a name for ``get_backend`` ("espeak", "kokoro").
-        seed: voices, rates and pitches of shard k come from (seed, split, k) only.
+        backend: a ``TTSBackend`` (a ``MultiEngineBackend`` for an engine mix, which adds the
+            ``engine`` column) or a name for ``get_backend`` ("espeak", "festival", "flite", "kokoro",
+            "kokoro-ja").
+        seed: engines, voices, rates and pitches of shard k come from (seed, split, k) only.
         shard_size: sentences per shard (the unit of parallelism and of resume).
         test_fraction: share of sentences (by sha1 of the text) put in the ``test`` split.
         max_sentences_per_language: keep the first N distinct sentences of each language.
@@ -391,8 +427,9 @@ def generate_corpus(
         raise ValueError(
             f"backend {backend.name!r} cannot speak {unsupported}; it knows {list(backend.languages)}"
         )
-    if extra_columns is not None:
-        features(extra_columns.features)  # fail early on a clash with a built-in column
+    record_engine = records_engine(backend)
+    column_types = _column_types(extra_columns, record_engine)
+    features(column_types)  # fail early on a clash with a built-in column
     out = Path(out_dir)
     sources = dict(sources or {})
     iterables: dict[str, Iterable[str]] = {}
@@ -421,7 +458,7 @@ def generate_corpus(
             if extra_info is not None:  # without the hook, fingerprints are those of older versions
                 parts.append(extra_info)
             shard = Shard(out, split, index, fingerprint(parts))
-            tasks.append(_ShardTask(shard, chunk, seed, backend, extra_columns))
+            tasks.append(_ShardTask(shard, chunk, seed, backend, extra_columns, record_engine))
     remove_unplanned_shards(out, {t.shard.name for t in tasks})
 
     states: dict[str, dict] = {}
@@ -479,7 +516,7 @@ def generate_corpus(
         max_sentences_per_language=max_sentences_per_language,
         license=license,
         command=command,
-        extra_columns=extra_columns.features if extra_columns is not None else None,
+        extra_columns=column_types,
     )
     summary.wall_seconds = time.perf_counter() - t0
     if progress:
@@ -559,7 +596,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="granite-tts",
         description="Synthesise a speech corpus (Hugging Face parquet + dataset card) from text with "
-        "espeak-ng or Kokoro. Re-runnable: finished shards are skipped.",
+        "a mix of offline TTS engines (espeak-ng, Festival; Flite for held-out test sets; Kokoro where "
+        "its weights are installed). Re-runnable: finished shards are skipped.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     src = p.add_argument_group("text source (default: the bundled data_prep/texts/<lang>.txt)")
@@ -577,7 +615,22 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--data-files", nargs="+", help="data_files for a local builder (globs allowed)")
     src.add_argument("--language", help="language of the --dataset texts (ISO 639-1)")
     p.add_argument("--out", required=True, help="output dataset folder")
-    p.add_argument("--backend", default="espeak", choices=["espeak", "kokoro"])
+    p.add_argument(
+        "--engines",
+        metavar="ENGINE=WEIGHT,...",
+        help=f"engine mix, drawn per sentence from the seed; engines: {', '.join(ENGINES)} (flite is the "
+        "held-out test engine); a language only some engines speak is spread over those, weights "
+        f"renormalised; adds an `engine` column. The recommended training mix: {DEFAULT_ENGINES}. "
+        "Neither --engines nor --backend: espeak alone",
+    )
+    p.add_argument(
+        "--backend",
+        choices=list(ENGINES),
+        help="a single engine instead of a mix: the corpus layout of granite-tts before --engines "
+        "(no `engine` column; espeak output byte-identical to it)",
+    )
+    p.add_argument("--festival-voices", help="comma-separated Festival voices; None: every installed voice")
+    p.add_argument("--flite-voices", help="comma-separated Flite voices; None: kal16, awb, rms, slt")
     p.add_argument("--kokoro-dir", help="local Kokoro-82M folder (config.json, kokoro-v1_0.pth, voices/)")
     p.add_argument("--kokoro-device", default="cpu", help="torch device for Kokoro (cpu, cuda)")
     p.add_argument(
@@ -597,6 +650,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     return p
+
+
+def _engine_options(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    def names(value: str | None) -> tuple[str, ...] | None:
+        return tuple(v.strip() for v in value.split(",") if v.strip()) if value else None
+
+    return {
+        "espeak": {"ja_reading": args.ja_reading},
+        "kokoro": {"model_dir": args.kokoro_dir, "device": args.kokoro_device},
+        "festival": {"voices": names(args.festival_voices)},
+        "flite": {"voices": names(args.flite_voices)},
+    }
+
+
+def backend_from_args(args: argparse.Namespace) -> TTSBackend:
+    """The backend the CLI options ask for: one engine (``--backend``) or a mix (``--engines``)."""
+    options = _engine_options(args)
+    if args.backend and args.engines:
+        raise ValueError("give --engines (a mix) or --backend (one engine), not both")
+    if args.backend:
+        return get_backend(args.backend, **options.get(args.backend, {}))
+    if not args.engines:  # the default stays espeak alone: existing corpora and their commands unchanged
+        return get_backend("espeak", **options.get("espeak", {}))
+    spec = args.engines
+    weights = parse_engine_weights(spec)
+    held_out = [e for e in weights if e in HELD_OUT_ENGINES]
+    if held_out and len(weights) > 1:
+        print(
+            f"warning: {', '.join(held_out)} is the held-out test engine; mixing it with training "
+            "engines puts its voices into the same corpus",
+            file=sys.stderr,
+        )
+    return get_engines(weights, {k: v for k, v in options.items() if k in weights})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -635,11 +721,8 @@ def run_cli(argv: list[str] | None = None) -> CorpusSummary:
     license = args.license or ("apache-2.0" if bundled else "other")
 
     try:
-        if args.backend == "kokoro":
-            backend = get_backend("kokoro", model_dir=args.kokoro_dir, device=args.kokoro_device)
-        else:
-            backend = get_backend("espeak", ja_reading=args.ja_reading)
-    except BackendUnavailableError as e:
+        backend = backend_from_args(args)
+    except (BackendUnavailableError, ValueError) as e:
         raise SystemExit(f"error: {e}") from e
     command = "granite-tts " + shlex.join(sys.argv[1:] if argv is None else argv)
     return generate_corpus(

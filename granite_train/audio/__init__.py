@@ -1,6 +1,7 @@
-"""Audio I/O, resampling, Granite-Speech log-mel features and augmentation."""
+"""Audio I/O, resampling, Granite-Speech log-mel features, augmentation and degradations."""
 
 from granite_train.audio.augment import AdditiveNoise, SpecAugment, SpeedPerturb, mix_at_snr
+from granite_train.audio.degrade import Degrade
 from granite_train.audio.features import LogMelFeatures
 from granite_train.audio.io import (
     AudioDecodeError,
@@ -18,6 +19,7 @@ __all__ = [
     "AudioDecodeError",
     "AudioFileNotFoundError",
     "AudioSource",
+    "Degrade",
     "LogMelFeatures",
     "SpecAugment",
     "SpeedPerturb",

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import torch
 
 from granite_train.audio.augment import AdditiveNoise, SpecAugment
+from granite_train.audio.degrade import Degrade
 from granite_train.audio.features import LogMelFeatures
 from granite_train.data.prepare import Example
 
@@ -41,6 +42,9 @@ class Batch:
     feature_lengths: torch.Tensor | None = None  # (B,) int64
     skipped: dict[str, int] = field(default_factory=dict)  # skips/fixes counted since the last batch
     drawn: dict[str, int] = field(default_factory=dict)  # records drawn per source since the last batch
+    # per utterance, the waveform augmentations applied (``name(detail)``, e.g. ``reverb(rt60=0.41s,...)``);
+    # empty when the collator has none configured
+    augmentations: list[list[str]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -74,6 +78,9 @@ class Collator:
         compute_features: Compute log-mel features here (in the loader worker). Set ``False`` to
             ship padded waveforms and compute features batched on the training device.
         noise: Additive noise applied to the padded waveforms (training only).
+        degrade: Pitch shift and reverberation before the noise, telephone band and mu-law after
+            it (training only; :mod:`granite_train.audio.degrade`). Each utterance draws from its own
+            generator, seeded from ``seed``, the batch's ids and its position in the batch.
         spec_augment: SpecAugment applied to the features (training only; needs features here).
         seed: Base seed of the augmentations. Each batch's generator is seeded from this and the
             batch's sample ids, so a resumed run augments exactly as an uninterrupted one.
@@ -85,6 +92,7 @@ class Collator:
         noise: AdditiveNoise | None = None,
         spec_augment: SpecAugment | None = None,
         seed: int = 0,
+        degrade: Degrade | None = None,
     ):
         if spec_augment is not None and not compute_features:
             raise ValueError("spec_augment needs compute_features=True (apply it on the device otherwise)")
@@ -92,10 +100,15 @@ class Collator:
         self.features = LogMelFeatures() if compute_features else None
         self.noise = noise
         self.spec_augment = spec_augment
+        self.degrade = degrade if degrade is not None and degrade.active else None
         self.seed = seed
 
     def _generator(self, ids: list[str]) -> torch.Generator:
         return torch.Generator().manual_seed(zlib.crc32("\n".join([str(self.seed), *ids]).encode()))
+
+    def _utterance_generator(self, ids: list[str], index: int) -> torch.Generator:
+        key = "\n".join([str(self.seed), "degrade", str(index), *ids])
+        return torch.Generator().manual_seed(zlib.crc32(key.encode()))
 
     def __call__(self, examples: ExampleBatch | Sequence[Example]) -> Batch:
         skipped, drawn = {}, {}
@@ -118,8 +131,30 @@ class Collator:
             drawn=dict(drawn),
         )
         generator = self._generator(batch.ids) if (self.noise or self.spec_augment) else None
+        applied: list[list[str]] = [[] for _ in examples]
+        plans = None
+        if self.degrade is not None:  # speed ran in the preparer; here pitch, room, noise, channel
+            plans = [
+                self.degrade.sample_plan(self._utterance_generator(batch.ids, i))
+                for i in range(len(examples))
+            ]
+            for names, plan in zip(applied, plans):
+                names.extend(plan.describe("before_noise"))
+            batch.waveforms = self.degrade.apply_batch(batch.waveforms, wave_lengths, plans, "before_noise")
         if self.noise is not None:
-            batch.waveforms = self.noise(waves, wave_lengths, generator=generator)
+            state = generator.get_state()  # noise draws its SNRs first: read them, then rewind
+            snr_db = self.noise.sample_snr_db(len(examples), generator)
+            generator.set_state(state)
+            for names, snr in zip(applied, snr_db.tolist()):
+                if snr == snr:  # not NaN: noise added
+                    names.append(f"noise(snr={snr:.1f}dB)")
+            batch.waveforms = self.noise(batch.waveforms, wave_lengths, generator=generator)
+        if plans is not None:
+            for names, plan in zip(applied, plans):
+                names.extend(plan.describe("after_noise"))
+            batch.waveforms = self.degrade.apply_batch(batch.waveforms, wave_lengths, plans, "after_noise")
+        if self.degrade is not None or self.noise is not None:
+            batch.augmentations = applied
         if self.features is not None:
             with torch.no_grad():
                 batch.features, batch.feature_lengths = self.features(batch.waveforms, wave_lengths)

@@ -123,7 +123,7 @@ def check_encoder_cache_allowed(model: Mapping[str, Any], data: Mapping[str, Any
     if (model.get("train") or {}).get("encoder") or (model.get("train") or {}).get("encoder_layers"):
         raise ValueError("model.encoder_cache_gb needs a frozen encoder (model.train.encoder=false)")
     augment = data.get("augment") or {}
-    active = [name for name in ("spec_augment", "noise") if augment.get(name)]
+    active = [name for name in ("spec_augment", "noise", "degrade") if augment.get(name)]
     if active:
         raise ValueError(
             f"model.encoder_cache_gb: data.augment.{active[0]} changes an utterance's features every "

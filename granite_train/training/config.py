@@ -124,19 +124,34 @@ class TrainerConfig:
 
 @dataclass
 class AugmentConfig:
-    """On-the-fly augmentation of training batches: arguments of
-    :class:`~granite_train.audio.augment.SpecAugment` / :class:`~granite_train.audio.augment.AdditiveNoise`,
-    or null for none."""
+    """On-the-fly augmentation of training batches (all off by default), each the keyword arguments
+    of its class or null for none.
+
+    Attributes:
+        spec_augment: :class:`~granite_train.audio.augment.SpecAugment` (``freq_masks``,
+            ``freq_width``, ``time_masks``, ``time_width``, ``p``, ...) on the features.
+        noise: :class:`~granite_train.audio.augment.AdditiveNoise` (``snr_db_range``, ``p``):
+            white / pink noise at a random SNR.
+        degrade: :class:`~granite_train.audio.degrade.Degrade`, acoustic variety, each step with its
+            own probability (default 0): ``pitch_p`` / ``pitch_semitones`` (duration kept),
+            ``reverb_p`` / ``rt60_range`` / ``drr_db_range`` (procedural rooms), ``telephone_p``
+            (8 kHz, 300-3400 Hz), ``mu_law_p`` (8-bit companding). Pitch and room run before the
+            noise, the channel after it. Speed perturbation is ``prepare.speed_factors`` of a pipeline.
+    """
 
     spec_augment: dict[str, Any] | None = None
     noise: dict[str, Any] | None = None
+    degrade: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         from granite_train.audio.augment import AdditiveNoise, SpecAugment
+        from granite_train.audio.degrade import Degrade
 
-        for name, cls in (("spec_augment", SpecAugment), ("noise", AdditiveNoise)):
+        for name, cls in (("spec_augment", SpecAugment), ("noise", AdditiveNoise), ("degrade", Degrade)):
             args = set(inspect.signature(cls.__init__).parameters) - {"self"}
             check_keys(getattr(self, name) or {}, args, f"data.augment.{name}")
+        if self.degrade:
+            Degrade(**self.degrade)  # values checked now, before any data is read
 
 
 @dataclass

@@ -29,6 +29,7 @@ import torch
 import yaml
 
 from granite_train.audio.augment import AdditiveNoise, SpecAugment
+from granite_train.audio.degrade import Degrade
 from granite_train.data.builders import build_pipeline_config
 from granite_train.data.collate import Collator
 from granite_train.data.mixture import mixture_probabilities
@@ -105,10 +106,12 @@ class SpeechDataModule(L.LightningDataModule):
     def train_dataloader(self):
         spec = self.data.augment.spec_augment
         noise = self.data.augment.noise
+        degrade = self.data.augment.degrade
         collator = Collator(
             compute_features=True,
             spec_augment=SpecAugment(**spec) if spec else None,
             noise=AdditiveNoise(**{**noise, "snr_db_range": tuple(noise["snr_db_range"])}) if noise else None,
+            degrade=Degrade(**degrade) if degrade else None,
             seed=self.seed,
         )
         rank, world = self._rank_world()

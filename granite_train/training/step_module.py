@@ -210,6 +210,10 @@ class StepSkippingModule(L.LightningModule):
             self.counters[f"seen/{source}"] += 1
         for task in getattr(batch, "task_labels", None) or ():  # and per task (stage 2)
             self.counters[f"task/{task}"] += 1
+        # waveform augmentations per utterance, counted by name (augment/reverb, augment/noise, ...)
+        for applied in getattr(batch, "augmentations", None) or ():
+            for name in applied:
+                self.counters[f"augment/{name.split('(')[0]}"] += 1
         loss_ok = torch.isfinite(loss.detach()).float()
         self._loss_ok = loss_ok if self._micro == 1 else torch.minimum(self._loss_ok, loss_ok)
 
@@ -291,7 +295,7 @@ class StepSkippingModule(L.LightningModule):
 
     def log_counters(self, bsz: int) -> None:
         for key, value in self.counters.items():
-            if key.startswith(("seen/", "task/", "skipped/", "encoder_cache/")):
+            if key.startswith(("seen/", "task/", "skipped/", "encoder_cache/", "augment/")):
                 self.log(f"data/{key}", float(value), batch_size=bsz)
 
     def log_mixture(self) -> None:
