@@ -1,6 +1,7 @@
 """benchmarks/speculative_full_size.py: each measurement takes the path it claims, with N tokens; and
 benchmarks/gpu_check.py refuses without CUDA and survives a failing or hanging part."""
 
+import dataclasses
 import importlib.util
 import json
 import sys
@@ -8,6 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from tests.test_benchmarks_stage2 import _micro as _stage2_micro
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -38,19 +41,8 @@ def gpu_check():
 
 
 def _micro(stage2):
-    llm = dict(
-        vocab_size=257,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        logits_scaling=8.0,
-        tie_word_embeddings=True,
-    )
-    encoder = dict(preset="tiny", num_layers=2, hidden_dim=64, num_heads=2, dim_head=32)
-    return stage2.Size(encoder, "tiny", llm, batch=3, seconds=2.0, dtype="fp32")
+    """test_benchmarks_stage2's micro size, three utterances a batch."""
+    return dataclasses.replace(_stage2_micro(stage2), batch=3)
 
 
 def test_each_path_is_forced_and_figures_are_written(bench, monkeypatch, tmp_path):

@@ -217,7 +217,15 @@ class SpeechLLMBatch(Batch):
     bias_words: list[list[str]] | None = None  # a keyword example's words to be biased towards (else [])
 
 
-def _pad(seqs: Sequence[list[int]], value: int, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_id(tokenizer) -> int:
+    """The tokenizer's padding id, its EOS when it has none (as generation pads)."""
+    return tokenizer.eos_token_id if tokenizer.pad_token_id is None else tokenizer.pad_token_id
+
+
+def pad_token_rows(
+    seqs: Sequence[list[int]], value: int, left: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows padded with ``value`` to one width (on the left for generation): ids and mask (B, L)."""
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), value, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
@@ -234,17 +242,15 @@ class SpeechLLMCollator:
     def __init__(self, prompts: PromptBuilder, audio: Collator | None = None):
         self.prompts = prompts
         self.audio = audio or Collator(compute_features=True)
-        self.pad_id = prompts.tokenizer.pad_token_id
-        if self.pad_id is None:
-            self.pad_id = prompts.tokenizer.eos_token_id
+        self.pad_id = pad_id(prompts.tokenizer)
 
     def __call__(self, examples: ExampleBatch | Sequence[Example]) -> SpeechLLMBatch:
         base = self.audio(examples)
         items = examples.examples if isinstance(examples, ExampleBatch) else list(examples)
         tokens = [self.prompts(e.record, int(e.waveform.shape[-1])) for e in items]
-        input_ids, attention_mask = _pad([t.input_ids for t in tokens], self.pad_id)
-        labels, _ = _pad([t.labels for t in tokens], IGNORE_INDEX)
-        prompt_ids, prompt_mask = _pad([t.prompt_ids for t in tokens], self.pad_id, left=True)
+        input_ids, attention_mask = pad_token_rows([t.input_ids for t in tokens], self.pad_id)
+        labels, _ = pad_token_rows([t.labels for t in tokens], IGNORE_INDEX)
+        prompt_ids, prompt_mask = pad_token_rows([t.prompt_ids for t in tokens], self.pad_id, left=True)
         skipped = dict(base.skipped)
         truncated = sum(t.truncated for t in tokens)
         if truncated:

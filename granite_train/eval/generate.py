@@ -529,13 +529,8 @@ def evaluate_speech_llm(
                     settings.normalize_translations,
                     settings.open_asr,
                 )
-                decoding = (
-                    _decoding_label(settings)
-                    if info["speculative"] is not None
-                    else ("greedy" if num_beams == 1 else f"beam_search({num_beams})")
-                )
                 result.details.update(
-                    decoding=decoding,
+                    decoding=_decoding_label(settings, speculative=info["speculative"] is not None),
                     speculative=info["speculative"],
                     protocol=settings.protocol,
                     num_beams=num_beams,
@@ -596,13 +591,17 @@ def _run_probes(speech, prompts, settings: EvalSettings, device, features_on_dev
             features_on_device=features_on_device,
         )
     result = _finish(dataset, PROBES_NAME, rows, info, "whisper_english", False, False)
-    result.details.update(probes=probe_report(rows), decoding=_decoding_label(settings))
+    result.details.update(
+        probes=probe_report(rows),
+        decoding=_decoding_label(settings, speculative=info["speculative"] is not None),
+    )
     return result, rows
 
 
-def _decoding_label(settings: EvalSettings) -> str:
+def _decoding_label(settings: EvalSettings, speculative: bool) -> str:
+    """``greedy`` / ``beam_search(N)``, after the thresholds when speculative decoding ran."""
     decoding = "greedy" if settings.num_beams == 1 else f"beam_search({settings.num_beams})"
-    return decoding if settings.speculative is None else f"{settings.speculative.label} + {decoding}"
+    return f"{settings.speculative.label} + {decoding}" if speculative else decoding
 
 
 def _finish(

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from transformers.generation import GenerationMixin
 
+from granite_train.data.prompts import pad_id, pad_token_rows
 from granite_train.eval.ctc_decode import greedy_ctc_decode
 from granite_train.models.encoder import lengths_to_mask
 from granite_train.text.vocab import CharVocab
@@ -128,16 +129,9 @@ def _verify(
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per row: (probability of each draft token, the verifier's argmax at each draft position and
     the one after it). One forward over right-padded [prompt | draft] rows."""
-    pad = speech.tokenizer.pad_token_id
-    pad = speech.tokenizer.eos_token_id if pad is None else pad
-    rows = [p + d for p, d in zip(prompts, drafts)]
-    width = max(len(r) for r in rows)
     device = audio.device
-    ids = torch.full((len(rows), width), pad, dtype=torch.long, device=device)
-    mask = torch.zeros_like(ids)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)] = torch.tensor(row, device=device)
-        mask[i, : len(row)] = 1
+    rows = [p + d for p, d in zip(prompts, drafts)]
+    ids, mask = (t.to(device) for t in pad_token_rows(rows, pad_id(speech.tokenizer)))
     embeds = speech._merge_audio(ids, audio, counts)
     hidden = speech.language_model(
         inputs_embeds=embeds, attention_mask=mask, use_cache=False
@@ -172,15 +166,9 @@ def _fallback(
 ) -> list[list[int]]:
     """Autoregressive decoding of each row after its prompt and resumed prefix (left-padded batch)."""
     tokenizer = speech.tokenizer
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_id(tokenizer)
     rows = [p + r for p, r in zip(prompts, prefixes)]
-    width = max(len(r) for r in rows)
-    device = audio.device
-    ids = torch.full((len(rows), width), pad, dtype=torch.long, device=device)
-    mask = torch.zeros_like(ids)
-    for i, row in enumerate(rows):
-        ids[i, width - len(row) :] = torch.tensor(row, device=device)
-        mask[i, width - len(row) :] = 1
+    ids, mask = (t.to(audio.device) for t in pad_token_rows(rows, pad, left=True))
     embeds = speech._merge_audio(ids, audio, counts)
     budget = max_new_tokens - min(len(r) for r in prefixes)
     kwargs = dict(do_sample=False, num_beams=1, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
