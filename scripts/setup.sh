@@ -8,7 +8,7 @@ VENV=${GT_VENV:-.venv}
 missing=()
 command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
 # TTS engines of data_prep.tts: Festival with its English (kal, ked diphones; slt HTS) and Italian
-# (lp, pc) voices is in the default training mix; flite is the held-out engine for test sets
+# (lp, pc) voices is in the recommended training mix (`--engines espeak=0.5,festival=0.5`); flite is the held-out engine for test sets
 command -v festival >/dev/null 2>&1 || missing+=(festival)
 for pkg in festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts festvox-italp16k festvox-itapc16k; do
   status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)

@@ -1166,7 +1166,8 @@ ENGINES: tuple[str, ...] = ("espeak", "festival", "flite", "kokoro", "kokoro-ja"
 HELD_OUT_ENGINES: tuple[str, ...] = ("flite",)
 """Engines kept for test sets: never in ``DEFAULT_ENGINES``."""
 DEFAULT_ENGINES = "espeak=0.5,festival=0.5"
-"""The training mix of ``granite-tts`` (scripts/setup.sh installs both)."""
+"""The recommended training mix of ``granite-tts --engines`` (scripts/setup.sh installs both; without
+``--engines`` the generator uses espeak-ng alone)."""
 
 
 def _engine_key(name: str) -> str:
