@@ -210,10 +210,17 @@ def remove_stale_shards(out: Path, split: str, num_shards: int) -> None:
     _remove_shard_files(out, beyond)
 
 
-def remove_unplanned_shards(out: Path, planned: Collection[str]) -> None:
-    """Delete every shard (any split) whose name is not in ``planned``, and temp files: for a
-    generator that plans all splits of the folder in one run."""
-    _remove_shard_files(out, lambda name: name not in planned)
+def remove_unplanned_shards(
+    out: Path, planned: Collection[str], splits: Collection[str] | None = None
+) -> None:
+    """Delete every shard whose name is not in ``planned``, and temp files: for a generator that
+    plans all splits of the folder in one run, or (``splits``) only those splits' shards."""
+
+    def stale(name: str) -> bool:
+        in_scope = splits is None or name.rpartition("-")[0] in splits
+        return in_scope and name not in planned
+
+    _remove_shard_files(out, stale)
 
 
 def _remove_shard_files(out: Path, stale: Callable[[str], bool]) -> None:

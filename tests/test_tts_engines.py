@@ -442,3 +442,39 @@ def test_cli_engine_errors(tmp_path: Path) -> None:
         run_cli(["--languages", "en", "--engines", "espeak=1,bogus=1", "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="not both"):
         run_cli(["--languages", "en", "--engines", "espeak", "--backend", "espeak", "--out", str(tmp_path)])
+
+
+def test_test_split_alone_reads_the_same_sentences_and_keeps_other_shards(tmp_path: Path) -> None:
+    """`splits=["test"]`: a held-out engine reads exactly a full corpus's test sentences, and a
+    test-only run into a folder with train shards leaves them alone."""
+    texts = {"en": [f"Sentence number {i} is here." for i in range(60)]}
+    kwargs = dict(shard_size=8, seed=4, num_workers=1, progress=False, test_fraction=0.25)
+    full = generate_corpus(texts, tmp_path / "full", backend=_mix({"a": 1.0}), **kwargs)
+    only = generate_corpus(texts, tmp_path / "held", backend=_mix({"b": 1.0}), splits=["test"], **kwargs)
+    assert set(only.num_examples) == {"test"} and 0 < only.num_examples["test"] < 60
+    assert only.num_examples["test"] == full.num_examples["test"]
+    test_rows = [r for p in (tmp_path / "full" / "data").glob("test-*") for r in pq.read_table(p).to_pylist()]
+    held_rows = _rows(tmp_path / "held")
+    assert sorted(r["text"] for r in held_rows) == sorted(r["text"] for r in test_rows)
+    assert {r["engine"] for r in held_rows} == {"b"}
+    assert not list((tmp_path / "held" / "data").glob("train-*"))
+
+    train_before = _hashes(tmp_path / "full")
+    train_before = {k: v for k, v in train_before.items() if k.startswith("train-")}
+    generate_corpus(texts, tmp_path / "full", backend=_mix({"b": 1.0}), splits=["test"], **kwargs)
+    after = _hashes(tmp_path / "full")
+    assert {k: v for k, v in after.items() if k.startswith("train-")} == train_before
+    assert {
+        r["engine"] for p in (tmp_path / "full" / "data").glob("test-*") for r in pq.read_table(p).to_pylist()
+    } == {"b"}
+
+    with pytest.raises(ValueError, match=r"subset of \['test', 'train'\], got \['dev'\]"):
+        generate_corpus(texts, tmp_path / "x", backend=_mix({"a": 1.0}), splits=["dev"], **kwargs)
+    with pytest.raises(ValueError, match="test_fraction is 0"):
+        generate_corpus(
+            texts,
+            tmp_path / "x",
+            backend=_mix({"a": 1.0}),
+            splits=["test"],
+            **{**kwargs, "test_fraction": 0.0},
+        )

@@ -42,7 +42,7 @@ import time
 import unicodedata
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -384,6 +384,7 @@ def generate_corpus(
     seed: int = 0,
     shard_size: int = 500,
     test_fraction: float = 0.0,
+    splits: Sequence[str] | None = None,
     max_sentences_per_language: int | None = None,
     max_chars: int | None = 500,
     num_workers: int | None = None,
@@ -405,6 +406,9 @@ def generate_corpus(
         seed: engines, voices, rates and pitches of shard k come from (seed, split, k) only.
         shard_size: sentences per shard (the unit of parallelism and of resume).
         test_fraction: share of sentences (by sha1 of the text) put in the ``test`` split.
+        splits: synthesise only these splits (e.g. ``["test"]``: the same held-out sentences read
+            by another engine); ``None`` synthesises every split. The split of a sentence does not
+            depend on this, so a test-only corpus holds exactly the test sentences of a full one.
         max_sentences_per_language: keep the first N distinct sentences of each language.
         max_chars: sentences longer than this are dropped and counted as ``too_long``.
         num_workers: processes; default the backend's ``default_num_workers`` or all cores.
@@ -447,6 +451,13 @@ def generate_corpus(
         test_fraction=test_fraction,
     )
 
+    if splits is not None:
+        unknown = sorted(set(splits) - {"train", "test"})
+        if unknown:
+            raise ValueError(f"splits must be a subset of ['test', 'train'], got {unknown}")
+        if "test" in splits and test_fraction <= 0:
+            raise ValueError("splits asks for 'test' but test_fraction is 0 (no sentence is in it)")
+        items = {split: rows for split, rows in items.items() if split in splits}
     if not any(items.values()):
         raise ValueError(f"no sentences to synthesise in {sorted(texts)} (empty sources?)")
     backend_info = describe_backend(backend)
@@ -459,7 +470,7 @@ def generate_corpus(
                 parts.append(extra_info)
             shard = Shard(out, split, index, fingerprint(parts))
             tasks.append(_ShardTask(shard, chunk, seed, backend, extra_columns, record_engine))
-    remove_unplanned_shards(out, {t.shard.name for t in tasks})
+    remove_unplanned_shards(out, {t.shard.name for t in tasks}, splits)
 
     states: dict[str, dict] = {}
     pending: list[_ShardTask] = []
@@ -642,6 +653,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--shard-size", type=int, default=500, help="sentences per parquet shard")
     p.add_argument("--test-fraction", type=float, default=0.0, help="share of sentences in the test split")
+    p.add_argument(
+        "--splits",
+        help="comma-separated splits to synthesise (train,test); default both. `--splits test` with "
+        "the same --test-fraction and texts reads exactly another corpus's test sentences",
+    )
     p.add_argument("--max-sentences-per-language", type=int, help="first N distinct sentences per language")
     p.add_argument("--max-chars", type=int, default=500, help="drop (and count) longer sentences")
     p.add_argument("--num-workers", type=int, help="worker processes (default: all cores; Kokoro: 1)")
@@ -732,6 +748,7 @@ def run_cli(argv: list[str] | None = None) -> CorpusSummary:
         seed=args.seed,
         shard_size=args.shard_size,
         test_fraction=args.test_fraction,
+        splits=[x.strip() for x in args.splits.split(",") if x.strip()] if args.splits else None,
         max_sentences_per_language=args.max_sentences_per_language,
         max_chars=args.max_chars,
         num_workers=args.num_workers,
