@@ -37,11 +37,13 @@ train() {
 
 evaluate() {
   local row=$1
+  # (one line: Hydra's override grammar takes no newline inside a value)
+  local sets="[{name: espeak_test, path: $CORPUS/tts_en, split: test, language: en},"
+  sets+=" {name: flite_test, path: $CORPUS/tts_en_flite, split: test, language: en},"
+  sets+=" {name: fsdd_yweweler, path: ../shared/data/fsdd, kind: audiofolder, split: train, id_column: null,"
+  sets+=" language: en, holdout: only, holdout_speakers: [yweweler]}]"
   "$VENV/bin/granite-train" eval model_path="$OUT/$row/encoder_hf" output_dir="$OUT/$row/eval" normalizer=basic \
-    "datasets=[{name: espeak_test, path: $CORPUS/tts_en, split: test, language: en},
-               {name: flite_test, path: $CORPUS/tts_en_flite, split: test, language: en},
-               {name: fsdd_yweweler, path: ../shared/data/fsdd, kind: audiofolder, split: train, id_column: null,
-                language: en, holdout: only, holdout_speakers: [yweweler]}]"
+    "datasets=$sets"
 }
 
 table() {
