@@ -108,11 +108,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     from granite_train.models.export import load_encoder
     from granite_train.text.targets import CTCTargetBuilder
-    from granite_train.text.vocab import CharVocab
 
     out = Path(args.out)
     encoder = load_encoder(args.model).eval()
-    targets = CTCTargetBuilder(CharVocab("drop"), lowercase=args.lowercase, strip_punctuation=args.lowercase)
+    vocab = encoder.ctc_vocab("drop")  # the model's symbol table: a new language's letters align too
+    targets = CTCTargetBuilder(vocab, lowercase=args.lowercase, strip_punctuation=args.lowercase)
     records = _records(args.data, args.split, args.language, args.limit)
     settings = {
         k: getattr(args, k)

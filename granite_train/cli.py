@@ -150,6 +150,91 @@ def export(cfg: DictConfig) -> None:
     print(f"exported encoder to {out}")
 
 
+def coverage(cfg: DictConfig) -> None:
+    """How a new language's text fits the CTC vocabulary and the LLM tokenizer; what to add."""
+    import json
+
+    from hydra.core.hydra_config import HydraConfig
+
+    from granite_train.text.coverage import coverage_report, read_lines
+
+    try:
+        lines = read_lines(cfg.sample, cfg.max_lines)
+        reference = read_lines(cfg.reference, cfg.reference_lines) if cfg.tokenizer else None
+        report = coverage_report(
+            lines,
+            _stored_vocab(cfg.model_path),
+            language=cfg.language,
+            lowercase=cfg.lowercase,
+            strip_punctuation=cfg.strip_punctuation,
+            coverage=cfg.coverage,
+            tokenizer=cfg.tokenizer,
+            reference=reference,
+            tokens_per_char_limit=cfg.tokens_per_char_limit,
+            sample_name=str(cfg.sample),
+        )
+    except (OSError, ValueError) as err:
+        print(f"granite-train coverage: {err}", file=sys.stderr)
+        sys.exit(2)
+    out = Path(cfg.output_dir or HydraConfig.get().runtime.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    markdown = report.to_markdown()
+    (out / "coverage.md").write_text(markdown, encoding="utf-8")
+    (out / "coverage.json").write_text(
+        json.dumps(report.to_json(), indent=2, ensure_ascii=False), encoding="utf-8"
+    )
+    print(markdown)
+    print(f"report in {out}/coverage.md and coverage.json")
+
+
+def extend_vocab(cfg: DictConfig) -> None:
+    """Add a new language's characters to an encoder's CTC vocabulary, as a new folder."""
+    from granite_train.models.vocab_surgery import extend_encoder_folder
+    from granite_train.text.coverage import coverage_report, read_lines
+
+    try:
+        if (cfg.symbols is None) == (cfg.symbols_from is None):
+            raise ValueError("give exactly one of symbols=CHARS or symbols_from=FILE")
+        vocab = _stored_vocab(cfg.model_path)
+        if cfg.symbols is not None:
+            given = cfg.symbols if isinstance(cfg.symbols, str) else "".join(map(str, cfg.symbols))
+            symbols = [c for c in given if not c.isspace()]
+        else:
+            report = coverage_report(
+                read_lines(cfg.symbols_from, cfg.max_lines),
+                vocab,
+                language=cfg.language,
+                lowercase=cfg.lowercase,
+                strip_punctuation=cfg.strip_punctuation,
+                coverage=cfg.coverage,
+            )
+            symbols = sorted(report.recommended)  # ids in code point order: stable, readable
+        new = [c for c in dict.fromkeys(symbols) if c not in vocab]
+        if not new:
+            raise ValueError(
+                f"nothing to add: every character is in the vocabulary already ({len(vocab)} symbols)"
+            )
+        out = extend_encoder_folder(cfg.model_path, new, cfg.out, new_logit_bias=float(cfg.new_logit_bias))
+    except (OSError, ValueError) as err:
+        print(f"granite-train extend-vocab: {err}", file=sys.stderr)
+        sys.exit(2)
+    print(f"added {len(new)} symbols as ids {len(vocab)}..{len(vocab) + len(new) - 1}: {''.join(new)}")
+    print(f"wrote {out} ({len(vocab) + len(new)} CTC outputs)")
+
+
+def _stored_vocab(model_path: str | None):
+    """The CTC vocabulary stored with a model (its symbol table), or the base one."""
+    from granite_train.text.vocab import CharVocab
+
+    if not model_path:
+        return CharVocab()
+    from granite_train.models.export import read_ctc_vocab
+
+    if not Path(model_path).exists():
+        raise FileNotFoundError(f"no model at {model_path}: expected an encoder folder or a .ckpt")
+    return read_ctc_vocab(model_path) or CharVocab()
+
+
 def plan(cfg: DictConfig) -> None:
     """Cost of a recipe before it runs: steps, audio hours, FLOPs, GPU-hours and days."""
     from hydra.core.hydra_config import HydraConfig
@@ -182,6 +267,8 @@ COMMANDS: dict[str, tuple[str, Callable[[DictConfig], None]]] = {
     "train": ("", train),  # the config is the recipe named on the command line
     "finetune": ("finetune", finetune),
     "plan": ("plan", plan),
+    "coverage": ("coverage", coverage),
+    "extend-vocab": ("extend_vocab", extend_vocab),
 }
 
 

@@ -67,7 +67,12 @@ def _same_state(a: torch.nn.Module, b: torch.nn.Module) -> None:
 
 def test_export_reloads_in_plain_transformers_with_identical_logits(encoder, features, tmp_path):
     out = export_hf_encoder(encoder, tmp_path / "hf")
-    assert {p.name for p in out.iterdir()} == {"config.json", "model.safetensors", "README.md"}
+    assert {p.name for p in out.iterdir()} == {
+        "config.json",
+        "model.safetensors",
+        "ctc_vocab.json",
+        "README.md",
+    }
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == "granite_speech_encoder"
     assert config["architectures"] == ["GraniteSpeechCTCEncoder"]

@@ -9,7 +9,7 @@ import pytest
 
 from data_prep.tts.generate import DEFAULT_TEXTS_DIR, normalize_sentence
 
-LANGUAGES = ["en", "fr", "de", "es", "pt", "it", "ja", "zh"]
+LANGUAGES = ["en", "fr", "de", "es", "pt", "it", "ja", "zh", "el"]
 MIN_SENTENCES = {"en": 500}
 CJK = re.compile(r"[\u3040-\u30ff\u4e00-\u9fff]")
 

@@ -130,6 +130,8 @@ ESPEAK_VOICES: dict[str, tuple[str, ...]] = {
     # "cmn-latn-pinyin" reads Hanzi with Mandarin tones. The plain "cmn"/"zh" voice converts Hanzi to
     # pinyin and then reads the pinyin *as English* ("ni3" -> "nee three"): unusable.
     "zh": ("cmn-latn-pinyin",),
+    # Greek (a new script for the CTC vocabulary: the add-a-language example of issue 20)
+    "el": ("el",),
 }
 """Language -> espeak-ng base voices (``espeak-ng --voices``) sampled uniformly."""
 

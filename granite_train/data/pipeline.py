@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -270,6 +270,10 @@ class SpeechDataPipeline(IterableDataset):
 
     Use with :func:`build_dataloader` (a ``torchdata`` ``StatefulDataLoader``), whose
     ``state_dict()`` / ``load_state_dict()`` give exact resume across workers.
+
+    ``targets`` builds the CTC targets (default: the base vocabulary with ``config``'s OOV policy,
+    lowercasing and punctuation settings); ``extra_symbols`` are a new language's CTC symbols
+    after the base ones (the model's ``extra_symbols``), so that its letters become targets.
     """
 
     def __init__(
@@ -279,18 +283,21 @@ class SpeechDataPipeline(IterableDataset):
         rank: int | None = None,
         world_size: int | None = None,
         final_tally: bool = False,
+        extra_symbols: Sequence[str] = (),
     ):
         super().__init__()
         self.config = config
         # a finite pass (evaluation) ends with one batch without examples that carries the skips
         # counted after the last real batch, so nothing skipped goes unreported
         self.final_tally = final_tally
+        if targets is not None and extra_symbols:
+            raise ValueError("give extra_symbols through the targets' vocabulary, not both")
         if targets is None:
             from granite_train.text.japanese import KatakanaConverter
             from granite_train.text.vocab import CharVocab
 
             targets = CTCTargetBuilder(
-                CharVocab(config.oov_policy),
+                CharVocab(config.oov_policy, extra_symbols=extra_symbols),
                 KatakanaConverter(),
                 lowercase=config.lowercase,
                 strip_punctuation=config.strip_punctuation,

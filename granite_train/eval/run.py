@@ -93,7 +93,9 @@ def _evaluate_one(
 
     start = time.perf_counter()
     config = eval_pipeline_config(spec, settings.max_frames, settings.longest_seconds)
-    pipeline = SpeechDataPipeline(config, rank=0, world_size=1, final_tally=True)
+    pipeline = SpeechDataPipeline(
+        config, rank=0, world_size=1, final_tally=True, extra_symbols=vocab.extra_symbols
+    )
     collator = TallyPassingCollator(
         compute_features=not features_on_device, reference_filter=reference_filter
     )
@@ -192,6 +194,7 @@ def evaluate_ctc(
     features_on_device: bool | None = None,
     hypotheses_path: str | Path | None = None,
     model_name: str | None = None,
+    vocab: CharVocab | None = None,
     **overrides: Any,
 ) -> list[EvalResult]:
     """Greedy-CTC WER / CER and RTFx of ``encoder`` on each dataset (see the module doc).
@@ -211,6 +214,8 @@ def evaluate_ctc(
         hypotheses_path: write one JSON line per scored utterance (dataset, id, language, duration,
             reference, hypothesis), sorted by id within each dataset.
         model_name: recorded in each result's details.
+        vocab: the CTC head's vocabulary; default: the encoder's own (``encoder.ctc_vocab()``: the
+            symbol table it was loaded with), else the base vocabulary.
 
     Returns:
         One :class:`EvalResult` per dataset, in order.
@@ -226,7 +231,7 @@ def evaluate_ctc(
     try:
         config = getattr(encoder, "config", None)
         _warmup(encoder, device, settings, getattr(config, "input_dim", LogMelFeatures.FEATURE_DIM))
-        vocab = CharVocab()
+        vocab = vocab if vocab is not None else _head_vocab(encoder)
         results, all_rows = [], []
         for dataset in specs:
             result, rows = _evaluate_one(
@@ -241,6 +246,14 @@ def evaluate_ctc(
     if hypotheses_path is not None:
         write_hypotheses(all_rows, hypotheses_path)
     return results
+
+
+def _head_vocab(encoder: nn.Module) -> CharVocab:
+    """The vocabulary the encoder's head decodes to: its symbol table, or the base vocabulary."""
+    ctc_vocab = getattr(encoder, "ctc_vocab", None)
+    if callable(ctc_vocab):
+        return ctc_vocab()  # raises, naming both sizes, when the head outgrows its vocabulary
+    return CharVocab()
 
 
 def run_eval(

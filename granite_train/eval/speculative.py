@@ -99,7 +99,9 @@ class SpeculativeOutput:
         return Counter(self.paths)
 
 
-def ctc_draft(logits: torch.Tensor, lengths: torch.Tensor) -> tuple[list[str], torch.Tensor]:
+def ctc_draft(
+    logits: torch.Tensor, lengths: torch.Tensor, vocab: CharVocab | None = None
+) -> tuple[list[str], torch.Tensor]:
     """Greedy CTC transcripts and the max per-frame entropy (nats) of each utterance's own frames.
 
     ``logits`` (B, T, V), ``lengths`` (B,). Padded frames cannot raise an utterance's entropy (the
@@ -109,7 +111,8 @@ def ctc_draft(logits: torch.Tensor, lengths: torch.Tensor) -> tuple[list[str], t
     entropy = -(log_probs.exp() * log_probs).sum(-1)  # (B, T)
     valid = lengths_to_mask(lengths.to(entropy.device), entropy.shape[1])
     max_entropy = entropy.masked_fill(~valid, float("-inf")).amax(dim=1)  # (B,)
-    return greedy_ctc_decode(logits, lengths, CharVocab()), max_entropy.cpu()
+    vocab = vocab if vocab is not None else CharVocab()  # the head's table: see CTCEncoder.ctc_vocab
+    return greedy_ctc_decode(logits, lengths, vocab), max_entropy.cpu()
 
 
 def _logits_scaling(speech) -> float:
@@ -218,7 +221,7 @@ def speculative_decode(
     device = features.device
     feature_lengths = feature_lengths.to(device)
     hidden, encoder_out = speech._encode(features, feature_lengths)
-    drafts, entropies = ctc_draft(encoder_out.logits, encoder_out.lengths)
+    drafts, entropies = ctc_draft(encoder_out.logits, encoder_out.lengths, speech.encoder.ctc_vocab())
     batch = len(drafts)
     prompts = [row[m.bool()].tolist() for row, m in zip(prompt_ids.cpu(), prompt_mask.cpu())]
 

@@ -5,6 +5,8 @@ A granite-train checkpoint is a Lightning ``.ckpt`` (a dict) with, besides Light
 * ``state_dict``: the LightningModule's tensors; a stage-1 encoder under ``encoder.``, a stage-2
   :class:`~granite_train.models.speech_llm.SpeechLLM` under ``model.hf.`` (transformers' keys);
 * ``encoder_config`` (stage 1): ``GraniteSpeechEncoderConfig.to_dict()``;
+* ``ctc_vocab`` (stage 1): the CTC symbol table, :meth:`CharVocab.to_table`
+  (absent in older checkpoints: the base vocabulary);
 * ``speech_llm`` (stage 2): ``{"config": GraniteSpeechConfig.to_dict(), "lora": LoraConfig fields
   or None}`` in JSON types (:func:`speech_llm_metadata`);
 * ``granite_train``: the run counters and the position inside gradient accumulation.
@@ -23,6 +25,7 @@ import torch
 
 STATE_KEY = "state_dict"
 ENCODER_CONFIG_KEY = "encoder_config"  # marks a stage-1 checkpoint
+CTC_VOCAB_KEY = "ctc_vocab"  # stage 1: the CTC symbol table (CharVocab.to_table())
 SPEECH_LLM_KEY = "speech_llm"  # marks a stage-2 checkpoint
 TRAINING_STATE_KEY = "granite_train"
 ENCODER_PREFIX = "encoder."  # stage-1 encoder keys inside state_dict
@@ -110,6 +113,7 @@ def speech_llm_metadata(speech: Any) -> dict[str, Any]:
 
 
 __all__ = [
+    "CTC_VOCAB_KEY",
     "ENCODER_CONFIG_KEY",
     "ENCODER_PREFIX",
     "SPEECH_LLM_KEY",

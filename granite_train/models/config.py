@@ -65,7 +65,17 @@ class CTCModelConfig:
     Attributes:
         preset: a :data:`granite_train.models.encoder.PRESETS` name (``granite_4_0_1b``, the
             published 16 x 1024 conformer, or ``tiny``).
-        encoder: ``GraniteSpeechEncoderConfig`` fields that override the preset.
+        encoder: ``GraniteSpeechEncoderConfig`` fields that override the preset. With ``init``,
+            the architecture is the init's: a field set here must equal it, except ``dropout``
+            (applied) and ``output_dim`` (must equal the final vocabulary size).
+        init: an encoder to continue from (an exported folder, a stage-1 ``.ckpt`` or a whole
+            granite_speech folder): its weights, architecture and CTC symbol table; null = a new
+            encoder of the preset.
+        extra_symbols: characters the CTC vocabulary must have besides the base 348 (and init's
+            table): those not in it yet are appended, in this order, as new ids; the head grows
+            without changing old outputs (:mod:`granite_train.models.vocab_surgery`), and the data
+            pipeline encodes them as targets. Without ``init``, ``output_dim`` must be 348 + their
+            number.
         attn_impl: ``sdpa`` (fused kernels) or ``math`` (the reference computation).
         gradient_checkpointing: recompute each block in backward: less activation memory, slower.
         loss: the CTC loss weights.
@@ -73,18 +83,42 @@ class CTCModelConfig:
 
     preset: str = "granite_4_0_1b"
     encoder: dict[str, Any] = field(default_factory=dict)
+    init: str | None = None
+    extra_symbols: list[str] = field(default_factory=list)
     attn_impl: str = "sdpa"
     gradient_checkpointing: bool = False
     loss: CTCLossConfig = field(default_factory=CTCLossConfig)
 
     def __post_init__(self) -> None:
         from granite_train.models.encoder import PRESETS, GraniteSpeechEncoderConfig
+        from granite_train.text.vocab import VOCAB_SIZE, CharVocab
 
         if self.preset not in PRESETS:
             raise ValueError(f"model.preset must be one of {sorted(PRESETS)}, got {self.preset!r}")
         valid = set(GraniteSpeechEncoderConfig().to_dict()) - {"model_type", "transformers_version"}
         check_keys(self.encoder or {}, valid, "model.encoder")
         _check_attn_impl(self.attn_impl, "model.attn_impl")
+        if isinstance(self.extra_symbols, str):
+            raise ValueError(
+                f"model.extra_symbols must be a list of characters, e.g. [α, β], not {self.extra_symbols!r}"
+            )
+        self.extra_symbols = [str(c) for c in self.extra_symbols or []]
+        try:
+            new = CharVocab(extra_symbols=self.new_symbols(CharVocab())).extra_symbols  # each one checked
+        except ValueError as err:
+            raise ValueError(f"model.extra_symbols: {err}") from None
+        if not self.init:
+            output_dim = (self.encoder or {}).get("output_dim", PRESETS[self.preset]["output_dim"])
+            if output_dim != VOCAB_SIZE + len(new):
+                raise ValueError(
+                    f"model.encoder.output_dim is {output_dim} but the CTC vocabulary has "
+                    f"{VOCAB_SIZE + len(new)} symbols ({VOCAB_SIZE} base + {len(new)} of model.extra_symbols): "
+                    f"set model.encoder.output_dim={VOCAB_SIZE + len(new)}"
+                )
+
+    def new_symbols(self, vocab: Any) -> list[str]:
+        """``extra_symbols`` not in ``vocab`` yet (a ``CharVocab``), once each, in order."""
+        return [c for c in dict.fromkeys(self.extra_symbols) if c not in vocab]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ changes), so parameter names and initialisation stay theirs.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -33,6 +34,8 @@ from transformers.models.granite_speech.modeling_granite_speech import (
     GraniteSpeechConformerConvModule,
     GraniteSpeechConformerFeedForward,
 )
+
+from granite_train.text.vocab import VOCAB_SIZE, CharVocab
 
 AttnImpl = Literal["sdpa", "math"]
 
@@ -293,6 +296,9 @@ class CTCEncoder(nn.Module):
         config: the transformers ``GraniteSpeechEncoderConfig`` (see :func:`encoder_config`).
         attn_impl: ``"sdpa"`` (fused kernels where available) or ``"math"`` (explicit reference math).
         gradient_checkpointing: recompute each layer's activations in backward.
+        extra_symbols: the CTC symbols after the base vocabulary's 348 (a new language's letters;
+            see :class:`~granite_train.text.vocab.CharVocab`); ``output_dim`` must then be 348 plus
+            their number. Not a tensor: exports and checkpoints carry it as a symbol table.
     """
 
     def __init__(
@@ -300,10 +306,18 @@ class CTCEncoder(nn.Module):
         config: GraniteSpeechEncoderConfig,
         attn_impl: AttnImpl = "sdpa",
         gradient_checkpointing: bool = False,
+        extra_symbols: Sequence[str] = (),
     ):
         super().__init__()
         if attn_impl not in ("sdpa", "math"):
             raise ValueError(f"attn_impl must be 'sdpa' or 'math', got {attn_impl!r}")
+        self.extra_symbols: tuple[str, ...] = CharVocab(extra_symbols=extra_symbols).extra_symbols
+        if self.extra_symbols and config.output_dim != VOCAB_SIZE + len(self.extra_symbols):
+            raise ValueError(
+                f"output_dim is {config.output_dim} but the CTC vocabulary has "
+                f"{VOCAB_SIZE + len(self.extra_symbols)} symbols ({VOCAB_SIZE} base + "
+                f"{len(self.extra_symbols)} extra): they must be equal"
+            )
         self.config = config
         self.attn_impl: AttnImpl = attn_impl
         self.gradient_checkpointing = gradient_checkpointing
@@ -312,6 +326,21 @@ class CTCEncoder(nn.Module):
         self.layers = nn.ModuleList([MaskedConformerBlock(config) for _ in range(config.num_layers)])
         self.out = nn.Linear(config.hidden_dim, config.output_dim, bias=True)
         self.out_mid = nn.Linear(config.output_dim, config.hidden_dim, bias=True)
+
+    def ctc_vocab(self, oov_policy: str = "drop") -> CharVocab:
+        """The vocabulary of the CTC head (base + :attr:`extra_symbols`).
+
+        Raises:
+            ValueError: the head has more outputs than the vocabulary has symbols (some ids could
+                not be decoded), naming both sizes.
+        """
+        vocab = CharVocab(oov_policy, extra_symbols=self.extra_symbols)
+        if self.config.output_dim > len(vocab):
+            raise ValueError(
+                f"the CTC head has {self.config.output_dim} outputs but its vocabulary only "
+                f"{len(vocab)} symbols: load the encoder with its symbol table (ctc_vocab.json)"
+            )
+        return vocab
 
     def _layer(self, layer: MaskedConformerBlock, hidden: torch.Tensor, dists, valid) -> torch.Tensor:
         if not (self.gradient_checkpointing and torch.is_grad_enabled()):

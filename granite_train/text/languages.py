@@ -16,6 +16,7 @@ LANGUAGE_NAMES: dict[str, str] = {
     "ja": "Japanese",
     "zh": "Chinese",
     "hi": "Hindi",
+    "el": "Greek",
 }
 
 

@@ -535,6 +535,19 @@ def _encoder_config_at(path: Path):
     return GraniteSpeechEncoderConfig(**ckpt[ENCODER_CONFIG_KEY])
 
 
+def _stage1_config(model):
+    """A stage-1 recipe's encoder config: ``model.init``'s (head grown by the new symbols) or the preset's."""
+    if not model.init:
+        return _encoder_config(model.preset, model.encoder)
+    if not Path(model.init).exists():
+        raise ValueError(f"plan: model.init {model.init} does not exist (an encoder folder or stage-1 .ckpt)")
+    config = _encoder_config_at(Path(model.init))
+    # at most: extra symbols already in init's table are not added again (a head row is negligible)
+    grown = config.output_dim + len(model.extra_symbols)
+    config.output_dim = int((model.encoder or {}).get("output_dim", grown))
+    return config
+
+
 def _stage1_encoder(path: Path, stage1: Stage1Lookup | None, notes: list[str]):
     """A stage-2 encoder's config: read from ``path``, or, before stage 1 has run, the shape of the
     stage-1 recipe whose run writes it (``.../experiments/<recipe name>/encoder_hf``)."""
@@ -638,7 +651,7 @@ def model_shape(cfg: RecipeConfig, stage1: Stage1Lookup | None = None, notes: li
     notes = notes if notes is not None else []
     half = _half_precision(cfg.trainer.precision, cfg.trainer.accelerator)
     if cfg.stage == "ctc":
-        encoder = EncoderShape.of(_encoder_config(cfg.model.preset, cfg.model.encoder))
+        encoder = EncoderShape.of(_stage1_config(cfg.model))
         return ModelShape(encoder, Trainable(encoder_layers=encoder.num_layers), half_precision=half)
     encoder_cfg, projector, llm, (rank, targets) = _speech_llm_shape(cfg, stage1, notes)
     encoder = EncoderShape.of(encoder_cfg)

@@ -19,7 +19,7 @@ import json
 import logging
 import os
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -59,7 +59,8 @@ class SpeechDataModule(L.LightningDataModule):
 
     ``data``: :class:`~granite_train.training.config.DataConfig` (or its mapping form): ``train`` (a
     pipeline config, streamed endlessly), ``val`` (a pipeline config or null), ``num_workers`` and
-    ``augment``.
+    ``augment``. ``extra_symbols``: the model's CTC symbols after the base vocabulary (a new
+    language's letters), encoded in the targets.
     """
 
     def __init__(
@@ -68,10 +69,12 @@ class SpeechDataModule(L.LightningDataModule):
         seed: int,
         snapshot_every_n_batches: int = 1,
         wrap_collator: Callable[[Collator, bool], Callable] | None = None,
+        extra_symbols: Sequence[str] = (),
     ):
         super().__init__()
         self.data = data = from_mapping(DataConfig, data, "data")
         self.seed = seed
+        self.extra_symbols = tuple(extra_symbols)
         # stage 2 wraps the audio collator with prompt / target tokenization (train flag second)
         self.wrap_collator = wrap_collator or (lambda collator, train: collator)
         # Loader workers ship their state (stream positions, buffered raw records: megabytes) with
@@ -115,7 +118,9 @@ class SpeechDataModule(L.LightningDataModule):
             seed=self.seed,
         )
         rank, world = self._rank_world()
-        pipeline = SpeechDataPipeline(self.train_config, rank=rank, world_size=world)
+        pipeline = SpeechDataPipeline(
+            self.train_config, rank=rank, world_size=world, extra_symbols=self.extra_symbols
+        )
         return build_dataloader(
             pipeline,
             num_workers=int(self.data.num_workers),
@@ -127,7 +132,9 @@ class SpeechDataModule(L.LightningDataModule):
         if self.val_config is None:
             return []
         rank, world = self._rank_world()
-        pipeline = SpeechDataPipeline(self.val_config, rank=rank, world_size=world)
+        pipeline = SpeechDataPipeline(
+            self.val_config, rank=rank, world_size=world, extra_symbols=self.extra_symbols
+        )
         workers = min(int(self.data.num_workers), 1)
         collator = self.wrap_collator(Collator(compute_features=True), False)
         return build_dataloader(pipeline, num_workers=workers, collator=collator)
@@ -315,8 +322,13 @@ def _train(cfg: RecipeConfig, extra_callbacks: list[L.Callback]) -> TrainResult:
     accumulate = int(cfg.optim.accumulate_grad_batches)
     module, wrap_collator = _build_stage(cfg, max_steps)
     every = int(tcfg.checkpoint_every_n_steps)
+    encoder = module.encoder if cfg.stage == "ctc" else module.model.encoder
     datamodule = SpeechDataModule(
-        cfg.data, seed=seed, snapshot_every_n_batches=every * accumulate, wrap_collator=wrap_collator
+        cfg.data,
+        seed=seed,
+        snapshot_every_n_batches=every * accumulate,
+        wrap_collator=wrap_collator,
+        extra_symbols=getattr(encoder, "extra_symbols", ()),  # targets spell what the head spells
     )
 
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar

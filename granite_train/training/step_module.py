@@ -271,18 +271,24 @@ class StepSkippingModule(L.LightningModule):
         normalizer: str,
         language: str = "en",
         primary: str = "cer",
+        suffix: str = "",
     ) -> dict[str, Any]:
-        """Log validation CER and WER (``primary`` on the progress bar) and one example; return them."""
+        """Log validation CER and WER (``primary`` on the progress bar) and one example; return them.
+
+        ``suffix`` names a subset (``/de``: ``val/cer/de``), which stays off the progress bar.
+        """
         from granite_train.eval.metrics import error_rates
 
         scores = error_rates(refs, hyps, normalizer=normalizer, language=language)
         order = ("cer", "wer") if primary == "cer" else ("wer", "cer")
         for key in order:
             if scores[key] is not None:
-                self.log(f"val/{key}", scores[key], prog_bar=key == primary, rank_zero_only=True)
+                bar = key == primary and not suffix
+                self.log(f"val/{key}{suffix}", scores[key], prog_bar=bar, rank_zero_only=True)
         log.info(
-            "step %d: val %s %.4f %s %.4f on %d utterances (e.g. %r -> %r)",
+            "step %d: val%s %s %.4f %s %.4f on %d utterances (e.g. %r -> %r)",
             self.global_step,
+            suffix,
             order[0].upper(),
             scores[order[0]] or 0,
             order[1].upper(),
