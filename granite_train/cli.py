@@ -62,6 +62,15 @@ def finetune(cfg: DictConfig) -> None:
     print(f"results in {cfg.output_dir}/results.md")
 
 
+def add_language(cfg: DictConfig) -> None:
+    """Add a language: coverage -> CTC vocabulary -> data -> stage 1 (+ 2) -> eval, resumable."""
+    from granite_train.add_language import run_add_language
+
+    table = run_add_language(_container(cfg))
+    print("\n" + table)
+    print(f"results in {cfg.output_dir}/results.md")
+
+
 def data_demo(cfg: DictConfig) -> None:
     """Generate the multilingual synthetic corpus, then report on the pipeline over it."""
     from granite_train.data.tasks import run_data_report
@@ -266,6 +275,7 @@ COMMANDS: dict[str, tuple[str, Callable[[DictConfig], None]]] = {
     "export": ("export", export),
     "train": ("", train),  # the config is the recipe named on the command line
     "finetune": ("finetune", finetune),
+    "add-language": ("add_language", add_language),
     "plan": ("plan", plan),
     "coverage": ("coverage", coverage),
     "extend-vocab": ("extend_vocab", extend_vocab),

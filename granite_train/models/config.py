@@ -230,7 +230,8 @@ class SpeechLLMModelConfig:
         init: a GraniteSpeech checkpoint (folder or hub id) to start from; merged weights or the
             3.3 layout with its LoRA adapter beside them.
         adapter: a separate LoRA adapter folder for ``init``.
-        encoder: a stage-1 export folder or ``.ckpt`` (with ``llm``, when ``init`` is not set).
+        encoder: a stage-1 export folder or ``.ckpt``: with ``llm`` when ``init`` is not set, or
+            with ``init`` to replace its encoder (a speech LLM continued on a new language's encoder).
         llm: a base Granite LLM, local folder or hub id.
         projector: ``{preset: granite_4_0_1b (published) | tiny, **Blip2QFormerConfig overrides}``.
         window_size / downsample_rate: encoder frames per Q-Former window, and the ratio of frames

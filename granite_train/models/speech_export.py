@@ -412,6 +412,10 @@ def export_speech_llm(
     if keep_adapter:
         _save_adapter(hf, out, _as_dtype(dtype), base_model_name_or_path or out.resolve().name)
     save_processor(speech, out)
+    if speech.encoder.extra_symbols:  # a new language's CTC symbols: the table travels with the model
+        from granite_train.models.export import write_ctc_vocab
+
+        write_ctc_vocab(speech.encoder.ctc_vocab(), out)
     _write_card(out, model, keep_adapter, lora)
     log.info(
         "exported speech LLM (%s) to %s",

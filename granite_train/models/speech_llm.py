@@ -474,7 +474,37 @@ def load_speech_llm(
         )
     hf.config.has_lora_adapter = has_lora
     tokenizer = load_tokenizer(path, trust_remote_code)
-    return SpeechLLM(hf, tokenizer, attn_impl=attn_impl)
+    speech = SpeechLLM(hf, tokenizer, attn_impl=attn_impl)
+    if Path(str(path)).is_dir():  # a CTC head grown for a new language: its symbol table beside config.json
+        from granite_train.models.export import check_head_matches_vocab, read_ctc_vocab
+
+        vocab = read_ctc_vocab(path)
+        if vocab is not None:
+            check_head_matches_vocab(speech.encoder.config.output_dim, vocab, str(path))
+            speech.encoder.extra_symbols = vocab.extra_symbols
+    return speech
+
+
+def replace_encoder(speech: SpeechLLM, encoder: str | Path | CTCEncoder, attn_impl: str = "sdpa") -> None:
+    """Put another stage-1 encoder into ``speech`` (e.g. one continued on a new language, with a
+    larger CTC head); the projector reads its hidden states, so the widths must match."""
+    from granite_train.models.export import load_encoder
+
+    where = str(encoder)
+    if not isinstance(encoder, CTCEncoder):
+        encoder = load_encoder(encoder, attn_impl=attn_impl)
+    old = speech.encoder
+    if encoder.config.hidden_dim != old.config.hidden_dim or encoder.config.input_dim != old.config.input_dim:
+        raise ValueError(
+            f"model.encoder ({where}) has hidden_dim {encoder.config.hidden_dim} and input_dim "
+            f"{encoder.config.input_dim}; the projector of model.init reads hidden_dim {old.config.hidden_dim}, "
+            f"input_dim {old.config.input_dim}: they must match"
+        )
+    reference = next(old.parameters())
+    encoder.to(device=reference.device, dtype=reference.dtype)
+    speech.hf.model.encoder = encoder
+    speech.hf.config.encoder_config = type(speech.hf.config.encoder_config)(**encoder.config.to_dict())
+    log.info("encoder of model.init replaced by %s (%d CTC outputs)", where, encoder.config.output_dim)
 
 
 def build_speech_llm(model: SpeechLLMModelConfig | Mapping[str, Any]) -> SpeechLLM:
@@ -488,6 +518,8 @@ def build_speech_llm(model: SpeechLLMModelConfig | Mapping[str, Any]) -> SpeechL
         speech = load_speech_llm(
             cfg.init, adapter=cfg.adapter, attn_impl=cfg.attn_impl, trust_remote_code=cfg.trust_remote_code
         )
+        if cfg.encoder:  # route c: a trained speech LLM continued on another encoder (a new language's)
+            replace_encoder(speech, cfg.encoder, attn_impl=cfg.attn_impl)
     else:
         if not cfg.encoder or not cfg.llm:
             raise ValueError("model needs `init` (a GraniteSpeech checkpoint) or both `encoder` and `llm`")

@@ -1,0 +1,177 @@
+"""``granite-train add-language``: the replay mixture, the recipe overrides, and the whole chain
+(report -> extend -> data -> stage 1 -> stage 2 -> eval) on tiny models, resumed step by step."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from granite_train.add_language import (
+    OLD_LAYER_PARAMETERS,
+    stage1_overrides,
+    texts_path,
+    training_sources,
+)
+from granite_train.recipes import load_recipe
+from granite_train.training.config import load_recipe_config
+from tests.corpus import make_corpus
+
+ROOT = Path(__file__).resolve().parents[1]
+CFG = {"language": "el", "old_corpus": "/data/en", "old_language": "en", "lowercase": True,
+       "strip_punctuation": True, "stage1": {"recipe": "ctc_tiny_en", "steps": 40}}  # fmt: skip
+
+
+def test_replay_share_sets_the_mixture_weights():
+    cfg = {**CFG, "replay_share": 0.3, "extra_sources": [{"name": "mine", "path": "/x", "weight": 3.0}]}
+    sources = {s["name"]: s for s in training_sources(cfg, Path("/c"))}
+    assert sources["replay"]["weight"] == pytest.approx(0.3) and sources["replay"]["language"] == "en"
+    assert sources["new_el"]["weight"] == pytest.approx(0.7 * 1 / 4)  # the new side: 1 : 3
+    assert sources["mine"]["weight"] == pytest.approx(0.7 * 3 / 4) and sources["mine"]["language"] == "el"
+    without = training_sources({**CFG, "replay_share": 0.0}, Path("/c"))
+    assert [s["name"] for s in without] == ["new_el"] and without[0]["weight"] == 1.0
+    with pytest.raises(ValueError, match=r"replay_share must be in \[0, 1\), got 1.0"):
+        training_sources({**CFG, "replay_share": 1.0}, Path("/c"))
+
+
+def test_old_layers_lr_scale_reaches_the_encoder_below_the_head_only(tmp_path):
+    from granite_train.training.ctc_module import CTCPretrainModule
+
+    cfg = {**CFG, "stage1": {**CFG["stage1"], "old_layers_lr_scale": 0.25, "lr": 1e-3}}
+    sources = training_sources({**cfg, "replay_share": 0.5}, tmp_path)
+    tests = [{"name": "t", "path": "/c", "split": "test", "language": "el"}]
+    overrides = stage1_overrides(cfg, tmp_path / "enc", sources, tests, tmp_path / "run")
+    recipe = load_recipe_config(load_recipe("ctc_tiny_en", overrides))
+    assert recipe.model.init == str(tmp_path / "enc") and recipe.trainer.max_steps == 40
+    assert recipe.optim.lr == 1e-3 and recipe.data.train["alpha"] == 1.0
+    assert recipe.optim.lr_scale == {k: 0.25 for k in OLD_LAYER_PARAMETERS}
+    # the prefixes name every encoder weight except the CTC head and the self-conditioning projection
+    module = CTCPretrainModule({"preset": "tiny", "encoder": {"num_layers": 2}}, recipe.optim, total_steps=10)
+    names = [n for n, _ in module.named_parameters()]
+    scaled = {n for n in names if n.startswith(OLD_LAYER_PARAMETERS)}
+    assert set(names) - scaled == {"encoder.out.weight", "encoder.out.bias", "encoder.out_mid.weight",
+                                   "encoder.out_mid.bias"}  # fmt: skip
+    optimizer = module.configure_optimizers()
+    optimizer = optimizer["optimizer"] if isinstance(optimizer, dict) else optimizer
+    lrs = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    by_name = dict(module.named_parameters())
+    old_layer, head = (
+        lrs[id(by_name["encoder.layers.0.attn.to_q.weight"])],
+        lrs[id(by_name["encoder.out.weight"])],
+    )
+    assert old_layer / head == pytest.approx(0.25)
+
+
+def test_missing_texts_name_the_bundled_languages():
+    with pytest.raises(FileNotFoundError, match=r"texts=FILE.*\bel\b.*\ben\b"):
+        texts_path({"language": "xx", "texts": None})
+    assert texts_path({"language": "el", "texts": None}).name == "el.txt"
+
+
+# --------------------------------------------------------------------------------------------------
+# end to end (slow tier)
+# --------------------------------------------------------------------------------------------------
+def _tiny_models(root: Path) -> tuple[Path, Path]:
+    """A tiny English encoder export and a speech LLM built on the same encoder."""
+    from granite_train.models.encoder import CTCEncoder, encoder_config
+    from granite_train.models.export import export_hf_encoder
+    from granite_train.models.speech_export import export_speech_llm
+    from granite_train.models.speech_llm import assemble_speech_llm
+    from granite_train.models.tiny_llm import build_tiny_llm
+
+    torch.manual_seed(0)  # the architecture of the recipe that stage 1 continues (ctc_tiny_en)
+    encoder = CTCEncoder(encoder_config("tiny", **load_recipe("ctc_tiny_en")["model"]["encoder"])).eval()
+    encoder_dir = export_hf_encoder(encoder, root / "encoder_en")
+    words = "alpha bravo charlie delta echo foxtrot golf hotel".split()
+    llm = build_tiny_llm(root / "llm", [" ".join(words[i:] + words[:i]) for i in range(8)] * 4,
+                         preset="micro", vocab_size=300)  # fmt: skip
+    projector = dict(preset="tiny", hidden_size=32, num_attention_heads=2, intermediate_size=64)
+    speech = export_speech_llm(assemble_speech_llm(encoder, llm, projector=projector), root / "speech_en")
+    return encoder_dir, speech
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
+def test_add_language_end_to_end_then_resume(tmp_path):
+    from granite_train.eval.run import run_eval
+    from granite_train.models.export import load_encoder, read_ctc_vocab
+
+    encoder, speech = _tiny_models(tmp_path)
+    old = tmp_path / "old"
+    make_corpus(old, "train", n=16, durations=(2.0, 4.0), seed=1)  # batched like the Greek
+    make_corpus(old, "test", n=6, num_shards=1, durations=(0.5, 1.2), seed=2)
+    greek = (ROOT / "data_prep" / "texts" / "el.txt").read_text().splitlines()[:24]
+    (tmp_path / "el.txt").write_text("\n".join(greek) + "\n")
+    out = tmp_path / "add_el"
+    tiny = [
+        "data.num_workers=0",
+        "data.train.max_frames=600",
+        "trainer.threads=1",
+        "trainer.precision=32-true",
+    ]
+    # stage 1 rejects (and counts) any utterance with a character its vocabulary cannot write
+    stage1 = [*tiny, "data.train.oov_policy=reject"]
+    stage2 = [*tiny, "model.lora={rank: 4, alpha: 4}", "data.train.max_frames=1200"]
+    argv = [sys.executable, "-m", "granite_train.cli", "add-language", "language=el", f"texts={tmp_path / 'el.txt'}",
+            f"encoder={encoder}", f"old_corpus={old}", "test_fraction=0.25", "num_workers=1", "replay_share=0.5",
+            "stage1.steps=6", f"stage1.overrides={json.dumps(stage1)}", f"stage2.speech_llm={speech}",
+            "stage2.steps=2", f"stage2.overrides={json.dumps(stage2)}", "coverage=1.0", f"output_dir={out}"]  # fmt: skip
+    run = subprocess.run(argv, capture_output=True, text=True, timeout=1200, cwd=ROOT)
+    assert run.returncode == 0, run.stderr[-4000:]
+
+    # report: every Greek letter of the sample is outside the base vocabulary and recommended
+    report = json.loads((out / "report" / "done.json").read_text())
+    letters = {c for line in greek for c in line.lower() if c.isalpha()}
+    assert set(report["symbols"]) == letters and report["oov_share"] > 0.5
+    # extend: the table beside config.json lists the base ids, then the new letters
+    extended = out / "extend" / "encoder_hf"
+    vocab = read_ctc_vocab(extended)
+    assert len(vocab) == 348 + len(letters) and set(vocab.extra_symbols) == letters
+    config = json.loads((extended / "config.json").read_text())
+    assert config["output_dim"] == len(vocab)
+    # ... and decodes the old language exactly as the original encoder does
+    old_test = [{"name": "old", "path": str(old), "split": "test", "language": "en"}]
+    hyps = {}
+    for name, model in (("original", encoder), ("extended", extended)):
+        run_eval(model, old_test, tmp_path / f"eval_{name}", {"write_hypotheses": True, "progress": False})
+        rows = (tmp_path / f"eval_{name}" / "hypotheses.jsonl").read_text().splitlines()
+        hyps[name] = [json.loads(r)["hypothesis"] for r in rows]
+    assert hyps["original"] == hyps["extended"] and len(hyps["original"]) == 6
+    # data: the Greek corpus with a disjoint test split
+    data = json.loads((out / "data" / "done.json").read_text())
+    assert data["examples"]["train"] + data["examples"]["test"] == 24 and data["examples"]["test"] > 0
+    # stage 1: trained on both languages, no Greek letter dropped from a target, the table exported
+    summary = json.loads((out / "stage1" / "summary.json").read_text())
+    counters = summary["counters"]
+    assert counters["seen/new_el"] > 0 and counters["seen/replay"] > 0
+    assert counters.get("skipped/oov_text", 0) == 0, counters
+    stage1 = load_encoder(out / "stage1" / "encoder_hf")
+    assert stage1.extra_symbols == vocab.extra_symbols
+    # stage 2: the speech LLM continued on the new encoder carries its table
+    speech_after = out / "stage2" / "speech_llm_hf"
+    assert read_ctc_vocab(speech_after).extra_symbols == vocab.extra_symbols
+    assert json.loads((speech_after / "config.json").read_text())["encoder_config"]["output_dim"] == len(
+        vocab
+    )
+    # eval: old and new test sets, before and after, for both models
+    results = json.loads((out / "results.json").read_text())
+    pairs = {(r["model"], r["test set"]) for r in results["rows"]}
+    assert pairs == {
+        (m, t) for m in ("encoder (greedy CTC)", "speech LLM") for t in ("old_en_test", "new_el_test")
+    }
+    assert "| encoder (greedy CTC) | new_el_test |" in (out / "results.md").read_text()
+
+    # resume: every step is skipped; a removed step runs again and only it
+    again = subprocess.run(argv, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert again.returncode == 0, again.stderr[-3000:]
+    for step in ("report", "extend", "data", "stage1", "stage2", "eval"):
+        assert f"[add-language] {step}: done before, skipped" in again.stdout
+    (out / "eval" / "done.json").unlink()
+    third = subprocess.run(argv, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert third.returncode == 0 and "[add-language] eval ..." in third.stdout
+    assert "[add-language] stage1: done before, skipped" in third.stdout
