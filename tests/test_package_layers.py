@@ -28,9 +28,16 @@ LAYERS = {
     "granite_train.recipes": 5,
     "granite_train.demo": 6,
     "granite_train.finetune": 6,
+    "granite_train.add_language": 6,
     "granite_train.cli": 7,
 }
-ENTRY_POINTS = ("granite_train.recipes", "granite_train.demo", "granite_train.finetune", "granite_train.cli")
+ENTRY_POINTS = (
+    "granite_train.recipes",
+    "granite_train.demo",
+    "granite_train.finetune",
+    "granite_train.add_language",
+    "granite_train.cli",
+)
 
 
 def _module_name(path: Path) -> str:
