@@ -133,6 +133,11 @@ def stage1_overrides(
         overrides.append(f"model.encoder.output_dim={read_hf_folder(init)[0].output_dim}")
     if stage.get("lr") is not None:
         overrides.append(f"optim.lr={float(stage['lr'])}")
+    head_only = int(stage.get("head_only_steps") or 0)
+    if head_only < 0:
+        raise ValueError(f"stage1.head_only_steps must be >= 0, got {head_only}")
+    if head_only:  # the grown head first learns the new letters from the old features
+        overrides.append("optim.start_step=" + override_value({k: head_only for k in OLD_LAYER_PARAMETERS}))
     scale = float(stage.get("old_layers_lr_scale") or 1.0)
     if scale <= 0:
         raise ValueError(f"stage1.old_layers_lr_scale must be > 0, got {scale}")
@@ -233,7 +238,14 @@ def run_add_language(cfg: Mapping[str, Any]) -> str:
         if not new:
             print(f"[add-language] extend: the vocabulary already writes {language}; nothing added")
             return {"encoder": str(Path(cfg["encoder"]).resolve()), "added": []}
-        extend_encoder_folder(cfg["encoder"], new, target)
+        extend_encoder_folder(
+            cfg["encoder"],
+            new,
+            target,
+            new_logit_bias=float(cfg.get("new_symbol_bias", -50.0)),
+            init=str(cfg.get("new_symbol_init", "similar")),
+            margin=float(cfg.get("new_symbol_margin", 25.0)),
+        )
         return {"encoder": str(target), "added": new}
 
     extended = Path(run_step(out, "extend", extend)["encoder"])

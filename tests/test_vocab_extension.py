@@ -148,6 +148,46 @@ def test_a_bias_near_the_old_logits_would_change_them(base, features):
         torch.testing.assert_close(new[..., :348], old)
 
 
+def test_similar_symbols_by_base_letter_or_unicode_name():
+    from granite_train.models.vocab_surgery import similar_symbol
+
+    vocab = CharVocab()
+    expected = {"α": "a", "θ": "t", "ς": "s", "ά": "a", "ΐ": "i", "ж": "z", "é": None, "ク": None, "€": None}
+    # "é" and "ク" are in the base vocabulary already; "€" is no letter: nothing to copy
+    got = {c: similar_symbol(c, vocab) for c in expected}
+    assert {k: v for k, v in got.items() if k not in ("é", "ク")} == {
+        k: v for k, v in expected.items() if k not in ("é", "ク")
+    }
+    assert similar_symbol("ά", CharVocab(extra_symbols=["α"])) == "α"  # the base letter first, when present
+
+
+def test_similar_init_copies_a_look_alike_row_and_leaves_old_outputs_unchanged(base, features):
+    x, lengths = features
+    ext = extend_ctc_vocab(base, GREEK, init="similar")
+    vocab = ext.ctc_vocab()
+    a, alpha = vocab.char_to_id("a"), vocab.char_to_id("α")
+    assert torch.equal(ext.out.weight[alpha], base.out.weight[a])
+    assert float(ext.out.bias[alpha]) == pytest.approx(float(base.out.bias[a]) - 25.0)
+    assert torch.equal(ext.out_mid.weight[:, 348:], torch.zeros(64, len(GREEK)))
+    with torch.no_grad():
+        old, new = base(x, lengths), ext(x, lengths)
+    torch.testing.assert_close(new.logits.log_softmax(-1)[..., :348], old.logits.log_softmax(-1))
+    torch.testing.assert_close(new.last_hidden_state, old.last_hidden_state)
+    assert greedy_ctc_decode(new.logits, new.lengths, vocab) == greedy_ctc_decode(
+        old.logits, old.lengths, base.ctc_vocab()
+    )
+    # the new logit follows its source letter, 25 below it, frame by frame
+    torch.testing.assert_close(new.logits[..., alpha], old.logits[..., a] - 25.0)
+    # a small margin would take probability from the old classes: the equality is not automatic
+    close = extend_ctc_vocab(base, GREEK, init="similar", margin=1.0)
+    with torch.no_grad(), pytest.raises(AssertionError, match="not close"):
+        torch.testing.assert_close(
+            close(x, lengths).logits.log_softmax(-1)[..., :348], old.logits.log_softmax(-1)
+        )
+    with pytest.raises(ValueError, match="init must be one of"):
+        extend_ctc_vocab(base, GREEK, init="random")
+
+
 def test_extension_refuses_symbols_it_has(base):
     with pytest.raises(ValueError, match=r"'a' \(id 97\)"):
         extend_ctc_vocab(base, ["α", "a"])

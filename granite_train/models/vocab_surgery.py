@@ -18,12 +18,22 @@ The CTC gradient of a target symbol's logit does not vanish however unlikely the
 Adam moves each weight and the bias by about the learning rate per step, so the farther below the
 old logits the new ones start, the more steps they take to come up (``new_logit_bias`` trades
 that against the margin above).
+
+``init="similar"`` starts each new row as a copy of an old letter that probably sounds alike (its
+base letter, "é" -> "e", or the first letter of its Unicode name, "GREEK SMALL LETTER THETA" -> "t":
+:func:`similar_symbol`), its bias ``margin`` (25) below that letter's: the new logit is the old
+letter's minus 25, so the old log-probabilities move by at most ``n * exp(-25)`` (5e-10 for 36
+symbols, below fp32's resolution) and decoding stays identical, while the row already fires where
+the old letter does. Measured on Greek (RESULTS.md, issue 20): zero rows at -50 had learnt no Greek
+letter after 100 steps; copied rows climb the 25 nats because the copy and its source part ways
+(each step moves both, in opposite directions, where the new letter is spoken).
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import unicodedata
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -35,13 +45,45 @@ from granite_train.text.vocab import CharVocab
 
 log = logging.getLogger(__name__)
 
-__all__ = ["NEW_LOGIT_BIAS", "extend_ctc_vocab", "extend_encoder_folder"]
+__all__ = [
+    "INITS",
+    "NEW_LOGIT_BIAS",
+    "SIMILAR_MARGIN",
+    "extend_ctc_vocab",
+    "extend_encoder_folder",
+    "similar_symbol",
+]
 
 NEW_LOGIT_BIAS = -50.0
+SIMILAR_MARGIN = 25.0
+INITS = ("zero", "similar")
+_NAME_QUALIFIERS = {"SMALL", "CAPITAL", "FINAL", "LETTER"}
+
+
+def similar_symbol(char: str, vocab: CharVocab) -> str | None:
+    """An old symbol that ``char`` probably sounds like: its base letter when that is in ``vocab``
+    ("ά" -> "α" only if "α" is there; "é" -> "e"), else the first letter of the word after LETTER
+    in its Unicode name, lowercased ("θ" GREEK SMALL LETTER THETA -> "t", "ж" CYRILLIC SMALL LETTER
+    ZHE -> "z"); None when neither is in ``vocab``."""
+    base = unicodedata.normalize("NFD", char)[0]
+    if base != char and base in vocab:
+        return base
+    words = unicodedata.name(char, "").split()
+    if "LETTER" not in words:
+        return None
+    rest = [w for w in words[words.index("LETTER") + 1 :] if w not in _NAME_QUALIFIERS]
+    if not rest:
+        return None
+    guess = rest[0][0].lower()
+    return guess if guess in vocab else None
 
 
 def extend_ctc_vocab(
-    encoder: CTCEncoder, new_symbols: Iterable[str], new_logit_bias: float = NEW_LOGIT_BIAS
+    encoder: CTCEncoder,
+    new_symbols: Iterable[str],
+    new_logit_bias: float = NEW_LOGIT_BIAS,
+    init: str = "zero",
+    margin: float = SIMILAR_MARGIN,
 ) -> CTCEncoder:
     """A copy of ``encoder`` whose CTC head also outputs ``new_symbols`` (ids after the old ones).
 
@@ -52,12 +94,17 @@ def extend_ctc_vocab(
         encoder: a :class:`CTCEncoder` whose head matches its vocabulary (``encoder.ctc_vocab()``).
         new_symbols: characters to add, in id order; none may be in the vocabulary already.
         new_logit_bias: bias of the new output rows (see the module doc for why -50).
+        init: ``zero`` (weight 0, bias ``new_logit_bias``) or ``similar`` (a copy of the row of
+            :func:`similar_symbol`, bias ``margin`` below it; ``zero`` where there is none).
+        margin: how far below its source letter a ``similar`` row starts (>= 25 keeps decoding).
 
     Raises:
         ValueError: no new symbols, a symbol already in the vocabulary (named, with its id), or a
             symbol :class:`CharVocab` refuses (not one NFC-stable character, listed twice).
     """
     new = tuple(new_symbols)
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
     if not new:
         raise ValueError("no new symbols to add to the CTC vocabulary")
     old_vocab = encoder.ctc_vocab()
@@ -82,12 +129,27 @@ def extend_ctc_vocab(
         head.weight[old_size:] = 0.0
         head.bias[:old_size] = encoder.out.bias
         head.bias[old_size:] = new_logit_bias
+        sources = {}
+        if init == "similar":
+            for k, char in enumerate(new):
+                source = similar_symbol(char, old_vocab)
+                if source is not None:
+                    i = old_vocab.char_to_id(source)
+                    head.weight[old_size + k] = encoder.out.weight[i]
+                    head.bias[old_size + k] = encoder.out.bias[i] - margin
+                    sources[char] = source
         mid = _linear_like(encoder.out_mid, size, encoder.out_mid.out_features)  # (D, V')
         mid.weight[:, :old_size] = encoder.out_mid.weight
         mid.weight[:, old_size:] = 0.0
         mid.bias.copy_(encoder.out_mid.bias)
     out.out, out.out_mid = head, mid
     log.info("CTC vocabulary %d -> %d symbols: added %s", old_size, size, "".join(new))
+    if sources:
+        log.info(
+            "new rows copied from (margin %.1f): %s",
+            margin,
+            " ".join(f"{k}<-{v}" for k, v in sources.items()),
+        )
     return out
 
 
@@ -107,6 +169,8 @@ def extend_encoder_folder(
     out_dir: str | Path,
     skip_present: bool = False,
     new_logit_bias: float = NEW_LOGIT_BIAS,
+    init: str = "zero",
+    margin: float = SIMILAR_MARGIN,
 ) -> Path:
     """Extend the encoder of an export folder or stage-1 ``.ckpt`` and write it as a new folder.
 
@@ -123,4 +187,4 @@ def extend_encoder_folder(
     if skip_present:
         vocab = encoder.ctc_vocab()
         new = [c for c in dict.fromkeys(new) if c not in vocab]
-    return export_hf_encoder(extend_ctc_vocab(encoder, new, new_logit_bias), out_dir)
+    return export_hf_encoder(extend_ctc_vocab(encoder, new, new_logit_bias, init, margin), out_dir)
