@@ -4,6 +4,7 @@ speakers while the fourth (yweweler) stays a test set."""
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 from granite_train.data.sources import SourceReader, SourceSpec
 from granite_train.recipes import load_recipe
@@ -34,9 +35,10 @@ def test_each_row_changes_one_thing_from_the_row_before():
         assert (cfg["trainer"]["max_steps"], cfg["data"]["train"]["max_frames"]) == (2400, 2000)
 
 
-def test_mix_trains_on_three_fsdd_speakers_and_holds_out_yweweler():
+def test_mix_trains_on_three_fsdd_speakers_and_holds_out_yweweler(fsdd_dir):
     sources = load_recipe("ctc_tiny_mix")["data"]["train"]["sources"]
     fsdd = next(s for s in sources if s["name"] == "fsdd")
+    assert Path(fsdd["path"]).resolve() == fsdd_dir.resolve()
     generated = next(s for s in sources if s["name"] != "fsdd")
     assert generated["path"].endswith("tts_en_engines") and fsdd["weight"] > 0
 
