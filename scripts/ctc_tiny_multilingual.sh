@@ -17,8 +17,9 @@ start=$(date +%s)
 "$VENV/bin/granite-train" train recipe=ctc_tiny_multilingual output_dir="$OUT" paths.corpus_dir="$PWD/$CORPUS" "$@"
 echo "training wall time: $(( $(date +%s) - start )) s"
 # Japanese is scored on its katakana target (reference: ctc_target), the others on their text
-"$VENV/bin/granite-train" eval model_path="$OUT/encoder_hf" output_dir="$OUT/eval" normalizer=basic \
-  "datasets=[{name: en_test, path: $CORPUS/tts_en, split: test, language: en},
-             {name: de_test, path: $CORPUS/tts_de, split: test, language: de},
-             {name: es_test, path: $CORPUS/tts_es, split: test, language: es},
-             {name: ja_test, path: $CORPUS/tts_ja, split: test, language: ja, reference: ctc_target}]"
+sets="[{name: en_test, path: $CORPUS/tts_en, split: test, language: en},"
+sets+=" {name: de_test, path: $CORPUS/tts_de, split: test, language: de},"
+sets+=" {name: es_test, path: $CORPUS/tts_es, split: test, language: es},"
+sets+=" {name: ja_test, path: $CORPUS/tts_ja, split: test, language: ja, reference: ctc_target}]"
+# (one line: Hydra's override grammar takes no newline inside a value)
+"$VENV/bin/granite-train" eval model_path="$OUT/encoder_hf" output_dir="$OUT/eval" normalizer=basic "datasets=$sets"
