@@ -173,10 +173,6 @@ def stage2_overrides(cfg: Mapping[str, Any], encoder: Path, sources: list[dict],
     return overrides + list(stage.get("overrides") or [])
 
 
-def _scores(results) -> dict[str, dict[str, Any]]:
-    return {r.name: {"utts": r.num_utts, "wer": r.wer, "cer": r.cer} for r in results}
-
-
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}"
 
@@ -308,7 +304,7 @@ def run_add_language(cfg: Mapping[str, Any]) -> str:
             pairs.append(("speech LLM", run_generate_eval, speech_llm, speech_after, tests))
         rows = []
         for label, run, before_model, after_model, sets in pairs:
-            key = label.split()[0].replace(" ", "_")
+            key = label.split()[0]
             before, _ = run(before_model, sets, folder / f"{key}_before", settings)
             after, _ = run(after_model, sets, folder / f"{key}_after", settings)
             for b, a in zip(before, after):

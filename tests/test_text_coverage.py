@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -12,6 +10,7 @@ import pytest
 
 from granite_train.text.coverage import coverage_report, normaliser_mapping, read_lines, recommend_symbols
 from granite_train.text.vocab import CharVocab
+from tests.test_cli import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 EN = ROOT / "data_prep" / "texts" / "en.txt"
@@ -152,16 +151,6 @@ def test_markdown_and_json_hold_every_section():
         "char": "α", "count": 4, "share": 4 / 31, "codepoint": "U+03B1", "name": "GREEK SMALL LETTER ALPHA",
         "category": "Ll", "maps_to": None, "mapping": None,
     }  # fmt: skip
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "granite_train.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
-    )
 
 
 def test_coverage_command_writes_markdown_and_json(tmp_path):
