@@ -25,9 +25,12 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from granite_train.data.prompts import PromptConfig
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +176,34 @@ def stage2_overrides(cfg: Mapping[str, Any], encoder: Path, sources: list[dict],
     return overrides + list(stage.get("overrides") or [])
 
 
+def corpus_texts(corpus: Path, split: str) -> list[str]:
+    """The transcripts of one split of a generated corpus (``data/<split>-*.parquet``)."""
+    import pyarrow.parquet as pq
+
+    shards = sorted((Path(corpus) / "data").glob(f"{split}-*.parquet"))
+    if not shards:
+        raise FileNotFoundError(f"no {split}-*.parquet shards under {Path(corpus) / 'data'}")
+    return [t for shard in shards for t in pq.read_table(shard, columns=["text"]).column("text").to_pylist()]
+
+
+def longest_target_tokens(tokenizer: Any, texts: Iterable[str], normalize: bool) -> int:
+    """The most tokens any of ``texts`` takes as a stage-2 target (EOS not counted)."""
+    from granite_train.data.prompts import target_token_ids
+
+    return max((len(target_token_ids(tokenizer, t, normalize=normalize)) for t in texts), default=0)
+
+
+def target_budget_override(prompts: PromptConfig, overrides: Iterable[str], longest: int) -> str | None:
+    """The override raising ``prompts.max_target_tokens`` to ``longest`` when the recipe's budget
+    would truncate a transcript (a new script can take several byte tokens per character); None
+    when it fits or the user set the budget."""
+    if any(o.startswith("prompts.max_target_tokens=") for o in overrides):
+        return None
+    if longest <= prompts.max_target_tokens:
+        return None
+    return f"prompts.max_target_tokens={longest}"
+
+
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}"
 
@@ -280,33 +311,58 @@ def run_add_language(cfg: Mapping[str, Any]) -> str:
     encoder_after = Path(run_step(out, "stage1", stage1)["encoder"])
 
     speech_after: Path | None = None
+    generate_settings = EvalSettings(normalizer="basic")
     if speech_llm:
 
         def stage2(folder: Path) -> dict[str, Any]:
+            from granite_train.models.speech_llm import load_tokenizer
             from granite_train.recipes import load_recipe
+            from granite_train.training.config import load_recipe_config
             from granite_train.training.run import train
 
-            recipe = load_recipe(
-                cfg["stage2"]["recipe"], stage2_overrides(cfg, encoder_after, sources, folder)
+            overrides = stage2_overrides(cfg, encoder_after, sources, folder)
+            recipe = load_recipe(cfg["stage2"]["recipe"], overrides)
+            prompts = load_recipe_config(recipe).prompts
+            longest = longest_target_tokens(
+                load_tokenizer(speech_llm), corpus_texts(corpus, "train"), normalize=prompts.normalize_targets
             )
+            raised = target_budget_override(prompts, overrides, longest)
+            if raised:
+                print(
+                    f"[add-language] stage2: {language} transcripts take up to {longest} tokens in the "
+                    f"LLM's tokenizer; prompts.max_target_tokens raised from {prompts.max_target_tokens} "
+                    f"to {longest} (no target truncated)",
+                    flush=True,
+                )
+                recipe = load_recipe(cfg["stage2"]["recipe"], [*overrides, raised])
             result = train(recipe)
-            return {"speech_llm": str(result.output_dir / "speech_llm_hf"), "steps": result.global_step}
+            return {
+                "speech_llm": str(result.output_dir / "speech_llm_hf"),
+                "steps": result.global_step,
+                "longest_target_tokens": longest,
+            }
 
-        speech_after = Path(run_step(out, "stage2", stage2)["speech_llm"])
+        stage2_record = run_step(out, "stage2", stage2)
+        speech_after = Path(stage2_record["speech_llm"])
+        # generation must be able to write the longest training transcript, with room to spare
+        longest = int(stage2_record.get("longest_target_tokens") or 0)
+        generate_settings = EvalSettings(normalizer="basic", max_new_tokens=max(200, 2 * longest))
 
     def evaluate(folder: Path) -> dict[str, Any]:
         from granite_train.eval.generate import run_generate_eval
         from granite_train.eval.run import run_eval
 
         settings = EvalSettings(normalizer="basic")
-        pairs = [("encoder (greedy CTC)", run_eval, cfg["encoder"], encoder_after, tests)]
+        pairs = [("encoder (greedy CTC)", run_eval, cfg["encoder"], encoder_after, tests, settings)]
         if speech_after is not None:
-            pairs.append(("speech LLM", run_generate_eval, speech_llm, speech_after, tests))
+            pairs.append(
+                ("speech LLM", run_generate_eval, speech_llm, speech_after, tests, generate_settings)
+            )
         rows = []
-        for label, run, before_model, after_model, sets in pairs:
+        for label, run, before_model, after_model, sets, how in pairs:
             key = label.split()[0]
-            before, _ = run(before_model, sets, folder / f"{key}_before", settings)
-            after, _ = run(after_model, sets, folder / f"{key}_after", settings)
+            before, _ = run(before_model, sets, folder / f"{key}_before", how)
+            after, _ = run(after_model, sets, folder / f"{key}_after", how)
             for b, a in zip(before, after):
                 rows.append(
                     {
@@ -339,10 +395,13 @@ def run_add_language(cfg: Mapping[str, Any]) -> str:
 __all__ = [
     "OLD_LAYER_PARAMETERS",
     "STEPS",
+    "corpus_texts",
+    "longest_target_tokens",
     "results_markdown",
     "run_add_language",
     "run_step",
     "stage1_overrides",
+    "target_budget_override",
     "stage2_overrides",
     "test_sets",
     "texts_path",

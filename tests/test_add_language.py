@@ -14,7 +14,10 @@ import torch
 
 from granite_train.add_language import (
     OLD_LAYER_PARAMETERS,
+    corpus_texts,
+    longest_target_tokens,
     stage1_overrides,
+    target_budget_override,
     texts_path,
     training_sources,
 )
@@ -76,6 +79,45 @@ def test_missing_texts_name_the_bundled_languages():
 # --------------------------------------------------------------------------------------------------
 # end to end (slow tier)
 # --------------------------------------------------------------------------------------------------
+def test_stage2_target_budget_covers_a_new_script_in_byte_tokens(tmp_path):
+    """An English byte-level BPE has no Greek merges: a Greek letter is its two UTF-8 bytes, a
+    space one byte token. The stage-2 budget is then counted in bytes, and a recipe budget below
+    it is raised (unless the user set one)."""
+    import pandas as pd
+
+    from granite_train.data.prompts import PromptBuilder, PromptConfig
+    from granite_train.models.tiny_llm import train_bpe_tokenizer
+
+    tokenizer = train_bpe_tokenizer(["the cat sat on the mat", "a dog ran far away"] * 8, vocab_size=300)
+    (tmp_path / "data").mkdir()
+    greek = ["Καλημέρα, κόσμε!", "Η γάτα κάθεται.", "Ένα σκυλί τρέχει μακριά στο χωριό"]
+    pd.DataFrame({"text": greek[:2]}).to_parquet(tmp_path / "data" / "train-00000.parquet")
+    pd.DataFrame({"text": greek[2:]}).to_parquet(tmp_path / "data" / "train-00001.parquet")
+    pd.DataFrame({"text": ["όχι"]}).to_parquet(tmp_path / "data" / "test-00000.parquet")
+    texts = corpus_texts(tmp_path, "train")
+    assert texts == greek
+    # normalised: lower case, no punctuation; one leading space
+    normalised = [" καλημέρα κόσμε", " η γάτα κάθεται", " ένα σκυλί τρέχει μακριά στο χωριό"]
+    by_bytes = max(len(t.encode("utf-8")) for t in normalised)
+    assert by_bytes == 6 + 2 * 28  # the leading space and 5 between words, 28 letters
+    longest = longest_target_tokens(tokenizer, texts, normalize=True)
+    assert longest == by_bytes
+    # as a budget: nothing truncated at `longest`, the longest sentence truncated one below it
+    for limit, truncated in ((longest, [False] * 3), (longest - 1, [False, False, True])):
+        builder = PromptBuilder(tokenizer, PromptConfig(normalize_targets=True, max_target_tokens=limit))
+        assert [builder.target_ids({"text": t})[1] for t in texts] == truncated
+    prompts = load_recipe_config(load_recipe("speech_llm_tiny_en")).prompts
+    assert prompts.max_target_tokens == 128
+    assert target_budget_override(prompts, [], 151) == "prompts.max_target_tokens=151"
+    assert target_budget_override(prompts, [], 128) is None
+    assert target_budget_override(prompts, ["prompts.max_target_tokens=100"], 151) is None
+    # a recipe that leaves the budget to PromptConfig's default (256)
+    finetune = load_recipe("speech_llm_finetune", ["data.train.sources=[{name: el, path: /c}]"])
+    assert target_budget_override(load_recipe_config(finetune).prompts, [], 151) is None
+    with pytest.raises(FileNotFoundError, match="no dev-"):
+        corpus_texts(tmp_path, "dev")
+
+
 def _tiny_models(root: Path) -> tuple[Path, Path]:
     """A tiny English encoder export and a speech LLM built on the same encoder."""
     from granite_train.models.encoder import CTCEncoder, encoder_config
@@ -152,7 +194,17 @@ def test_add_language_end_to_end_then_resume(tmp_path):
     assert counters.get("skipped/oov_text", 0) == 0, counters
     stage1 = load_encoder(out / "stage1" / "encoder_hf")
     assert stage1.extra_symbols == vocab.extra_symbols
-    # stage 2: the speech LLM continued on the new encoder carries its table
+    # stage 2: its target budget fits the longest Greek transcript, counted here in UTF-8 bytes (the
+    # English BPE has no Greek merges; speech_llm_finetune keeps case and punctuation), and the
+    # speech LLM continued on the new encoder carries its table
+    import yaml
+
+    corpus_dir = Path(data["corpus"])
+    by_bytes = max(len((" " + t.strip()).encode()) for t in corpus_texts(corpus_dir, "train"))
+    stage2_record = json.loads((out / "stage2" / "done.json").read_text())
+    assert stage2_record["longest_target_tokens"] == by_bytes
+    stage2_config = yaml.safe_load((out / "stage2" / "config.yaml").read_text())
+    assert stage2_config["prompts"]["max_target_tokens"] == max(256, by_bytes)
     speech_after = out / "stage2" / "speech_llm_hf"
     assert read_ctc_vocab(speech_after).extra_symbols == vocab.extra_symbols
     assert json.loads((speech_after / "config.json").read_text())["encoder_config"]["output_dim"] == len(

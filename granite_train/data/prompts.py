@@ -86,6 +86,15 @@ class TokenizedExample:
         return [IGNORE_INDEX] * len(self.prompt_ids) + self.target_ids
 
 
+def target_token_ids(tokenizer, text: str, normalize: bool) -> list[int]:
+    """A target's tokens as stage 2 learns them (EOS not included): normalised when asked, with
+    one leading space. Also how a new language's transcripts are measured against the
+    ``max_target_tokens`` budget (a new script can take several byte tokens per character)."""
+    if normalize:
+        text = normalize_target(text)
+    return tokenizer(" " + text.strip(), add_special_tokens=False).input_ids
+
+
 def normalize_target(text: str) -> str:
     """Lowercased, punctuation-free, whitespace collapsed; a ``[Transcription] ... [Translation]
     ...`` target keeps its two marks (each part normalised)."""
@@ -170,11 +179,10 @@ class PromptBuilder:
     def target_ids(self, record: Mapping[str, Any]) -> tuple[list[int], bool]:
         text = record.get("text") or ""
         task = record.get("task") or "asr"
-        if (self.config.normalize_targets and task == "asr") or (
+        normalize = (self.config.normalize_targets and task == "asr") or (
             self.config.normalize_translations and task == "ast"
-        ):
-            text = normalize_target(text)
-        ids = self.tokenizer(" " + text.strip(), add_special_tokens=False).input_ids
+        )
+        ids = target_token_ids(self.tokenizer, text, normalize=bool(normalize))
         limit = self.config.max_target_tokens
         truncated = len(ids) > limit
         return ids[:limit] + [self.tokenizer.eos_token_id], truncated
