@@ -10,10 +10,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 VENV=${GT_VENV:-.venv}
+# ENCODER / OUT: another stage-1 encoder and run folder (e.g. ENCODER=work/transfer/a/encoder_hf)
 CORPUS=work/corpus/tts_en
-ENCODER=work/experiments/ctc_tiny_en/encoder_hf
+ENCODER=${ENCODER:-work/experiments/ctc_tiny_en/encoder_hf}
 LLM=work/llm/tiny_en
-OUT=work/experiments/speech_llm_tiny_en
+OUT=${OUT:-work/experiments/speech_llm_tiny_en}
 [ -f "$ENCODER/config.json" ] || { echo "no stage-1 encoder at $ENCODER: run scripts/ctc_tiny_en.sh first" >&2; exit 1; }
 
 # 1. the base LLM (a stand-in for granite-4.0-1b-base: it must know the language and copy from context)
