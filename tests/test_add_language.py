@@ -227,3 +227,14 @@ def test_add_language_end_to_end_then_resume(tmp_path):
     third = subprocess.run(argv, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert third.returncode == 0 and "[add-language] eval ..." in third.stdout
     assert "[add-language] stage1: done before, skipped" in third.stdout
+
+
+def test_a_mostly_skipped_audio_ctc_loss_is_reported():
+    """Greek in an English byte-level BPE: ~98 target tokens against ~45 audio tokens (10 per
+    second), so the audio-token CTC cannot align half of the examples (the Greek ones)."""
+    from granite_train.training.run import audio_ctc_warning
+
+    warning = audio_ctc_warning({"utterances": 25589, "skipped/audio_ctc_too_short": 12692})
+    assert warning is not None and "left out 12692 of 25589 utterances (49.6%)" in warning
+    assert audio_ctc_warning({"utterances": 25589, "skipped/audio_ctc_too_short": 6000}) is None  # 23%
+    assert audio_ctc_warning({"utterances": 0}) is None

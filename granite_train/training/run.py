@@ -217,6 +217,24 @@ def _write_summary(
     for what, prefix in (("source", "seen/"), ("task", "task/")):
         if shares := counter_shares(counters, prefix):
             print(f"[summary] examples trained on per {what} (rank 0): {shares}", flush=True)
+    if warning := audio_ctc_warning(counters):
+        print(f"[summary] warning: {warning}", flush=True)
+        log.warning("%s", warning)
+
+
+def audio_ctc_warning(counters: Mapping[str, float], share: float = 0.25) -> str | None:
+    """A warning when the audio-token CTC loss left out more than ``share`` of the utterances: their
+    targets had more tokens than the utterance has audio tokens (10 per second as published), as
+    when the tokenizer spends several byte tokens per character of a new script."""
+    dropped, seen = counters.get("skipped/audio_ctc_too_short", 0), counters.get("utterances", 0)
+    if not seen or dropped <= share * seen:
+        return None
+    return (
+        f"the audio-token CTC loss (model.loss.audio_ctc_weight) left out {int(dropped)} of {int(seen)} "
+        f"utterances ({100 * dropped / seen:.1f}%): their targets have more tokens than audio tokens, so "
+        "they trained without it (a tokenizer spending several tokens per character, e.g. on a new "
+        "script: `granite-train coverage` reports the ratio; extend the tokenizer or shorten the targets)"
+    )
 
 
 def _report_memory(speech, max_frames: int, precision: str, device: torch.device, output_dir: Path) -> None:
