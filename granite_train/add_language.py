@@ -176,16 +176,6 @@ def stage2_overrides(cfg: Mapping[str, Any], encoder: Path, sources: list[dict],
     return overrides + list(stage.get("overrides") or [])
 
 
-def corpus_texts(corpus: Path, split: str) -> list[str]:
-    """The transcripts of one split of a generated corpus (``data/<split>-*.parquet``)."""
-    import pyarrow.parquet as pq
-
-    shards = sorted((Path(corpus) / "data").glob(f"{split}-*.parquet"))
-    if not shards:
-        raise FileNotFoundError(f"no {split}-*.parquet shards under {Path(corpus) / 'data'}")
-    return [t for shard in shards for t in pq.read_table(shard, columns=["text"]).column("text").to_pylist()]
-
-
 def longest_target_tokens(tokenizer: Any, texts: Iterable[str], normalize: bool) -> int:
     """The most tokens any of ``texts`` takes as a stage-2 target (EOS not counted)."""
     from granite_train.data.prompts import target_token_ids
@@ -315,6 +305,7 @@ def run_add_language(cfg: Mapping[str, Any]) -> str:
     if speech_llm:
 
         def stage2(folder: Path) -> dict[str, Any]:
+            from data_prep.base_llm import corpus_texts
             from granite_train.models.speech_llm import load_tokenizer
             from granite_train.recipes import load_recipe
             from granite_train.training.config import load_recipe_config
@@ -395,7 +386,6 @@ def run_add_language(cfg: Mapping[str, Any]) -> str:
 __all__ = [
     "OLD_LAYER_PARAMETERS",
     "STEPS",
-    "corpus_texts",
     "longest_target_tokens",
     "results_markdown",
     "run_add_language",

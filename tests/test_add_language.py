@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from data_prep.base_llm import corpus_texts
 from granite_train.add_language import (
     OLD_LAYER_PARAMETERS,
-    corpus_texts,
     longest_target_tokens,
     stage1_overrides,
     target_budget_override,
@@ -114,7 +114,7 @@ def test_stage2_target_budget_covers_a_new_script_in_byte_tokens(tmp_path):
     # a recipe that leaves the budget to PromptConfig's default (256)
     finetune = load_recipe("speech_llm_finetune", ["data.train.sources=[{name: el, path: /c}]"])
     assert target_budget_override(load_recipe_config(finetune).prompts, [], 151) is None
-    with pytest.raises(FileNotFoundError, match="no dev-"):
+    with pytest.raises(FileNotFoundError, match="no dev parquet files"):
         corpus_texts(tmp_path, "dev")
 
 
