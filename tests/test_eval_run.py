@@ -18,6 +18,7 @@ from transformers import GraniteSpeechCTCEncoder
 
 from granite_train.audio.features import LogMelFeatures
 from granite_train.cli import main
+from granite_train.data.errors import DataError
 from granite_train.eval.report import read_results_json
 from granite_train.eval.run import EvalDataset, evaluate_ctc
 from granite_train.models import CTCEncoder, encoder_config
@@ -194,9 +195,11 @@ def test_skips_after_the_last_batch_are_counted_with_workers(tmp_path):
 def test_dataset_that_cannot_be_scored_at_all(tmp_path):
     rows = [("b0", 1.0, "x", "corrupt")]
     path = write_test_set(tmp_path, "allbad", rows, num_shards=1)
-    (r,) = evaluate_ctc(OracleEncoder(rows), [_spec(path)], progress=False)
-    assert r.num_utts == 0 and r.wer is None and r.cer is None
-    assert r.details["skipped"] == {"decode_error": 1} and r.details["records"] == 1
+    # nothing to score is an error naming the reason and the row, not an empty result
+    with pytest.raises(
+        DataError, match=r"(?s)a full pass over its 1 record\(s\).*decode_error: 1 \(e.g. .*b0"
+    ):
+        evaluate_ctc(OracleEncoder(rows), [_spec(path)], progress=False)
 
 
 def test_too_long_is_skipped_and_counted(test_set):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import typing
 from typing import BinaryIO, TypeVar
 
 import numpy as np
@@ -15,7 +16,9 @@ from granite_train.audio.resample import resample
 __all__ = [
     "AudioDecodeError",
     "AudioFileNotFoundError",
+    "AudioInfo",
     "AudioSource",
+    "audio_info",
     "decode_audio",
     "encode_flac",
     "load_audio",
@@ -44,6 +47,44 @@ def _describe(source: AudioSource) -> str:
     return repr(source)
 
 
+class AudioInfo(typing.NamedTuple):
+    """What an audio file's header says, read without decoding the samples."""
+
+    frames: int
+    sample_rate: int
+    channels: int
+
+    @property
+    def duration(self) -> float:
+        return self.frames / self.sample_rate if self.sample_rate > 0 else 0.0
+
+
+def _file_of(source: AudioSource) -> str | BinaryIO:
+    if isinstance(source, str | os.PathLike):
+        path = os.fspath(source)
+        # libsndfile reports a missing file only as "System error"; say what happened instead.
+        if not os.path.exists(path):
+            raise AudioFileNotFoundError(f"audio file not found: {path!r}")
+        return path
+    if isinstance(source, bytes | bytearray | memoryview):
+        return io.BytesIO(source)
+    return source
+
+
+def audio_info(source: AudioSource) -> AudioInfo:
+    """The header of an audio file or of in-memory bytes: frames, sample rate, channels.
+
+    Cheap (no samples are decoded): what lets a two-hour recording be skipped as too long, and a
+    whole manifest be checked, without decoding it. Raises like :func:`decode_audio`.
+    """
+    file = _file_of(source)
+    try:
+        info = sf.info(file)
+    except (sf.SoundFileError, RuntimeError, TypeError) as err:
+        raise AudioDecodeError(f"cannot read the audio header of {_describe(source)}: {err}") from err
+    return AudioInfo(int(info.frames), int(info.samplerate), int(info.channels))
+
+
 def decode_audio(source: AudioSource) -> tuple[np.ndarray, int]:
     """Decode an audio file or in-memory bytes.
 
@@ -57,16 +98,7 @@ def decode_audio(source: AudioSource) -> tuple[np.ndarray, int]:
         AudioFileNotFoundError: ``source`` is a path that does not exist.
         AudioDecodeError: libsndfile could not read the data.
     """
-    if isinstance(source, str | os.PathLike):
-        path = os.fspath(source)
-        # libsndfile reports a missing file only as "System error"; say what happened instead.
-        if not os.path.exists(path):
-            raise AudioFileNotFoundError(f"audio file not found: {path!r}")
-        file: str | BinaryIO = path
-    elif isinstance(source, bytes | bytearray | memoryview):
-        file = io.BytesIO(source)
-    else:
-        file = source
+    file = _file_of(source)
     try:
         # always_2d: (samples, channels) even for mono, so the layout below never branches.
         data, sample_rate = sf.read(file, dtype="float32", always_2d=True)

@@ -34,6 +34,7 @@ from granite_train.data.bucketing import DurationBucketer, geometric_bounds, qua
 from granite_train.data.collate import Collator, ExampleBatch
 from granite_train.data.mixture import MixtureSampler, mixture_probabilities
 from granite_train.data.prepare import Example, ExamplePreparer, PrepareConfig
+from granite_train.data.skips import consecutive_skips_error, no_usable_example_error
 from granite_train.data.sources import SourceReader, SourceSpec
 from granite_train.text.targets import CTCTargetBuilder
 
@@ -65,6 +66,9 @@ class PipelineConfig:
         lowercase: Lowercase CTC targets (see :class:`CTCTargetBuilder`).
         strip_punctuation: Remove punctuation from CTC targets (the apostrophe stays).
         prepare: Per-example validation limits.
+        max_consecutive_skips: Stop with a :class:`~granite_train.data.errors.DataError` naming the
+            reasons when this many records in a row were skipped without one example served (a
+            source of which a whole pass yields nothing stops at the end of that pass anyway).
     """
 
     sources: list[SourceSpec]
@@ -82,10 +86,13 @@ class PipelineConfig:
     lowercase: bool = False
     strip_punctuation: bool = False
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    max_consecutive_skips: int = 10_000
 
     def __post_init__(self) -> None:
         if not self.sources:
             raise ValueError("a pipeline needs at least one source")
+        if self.max_consecutive_skips < 1:
+            raise ValueError(f"max_consecutive_skips must be >= 1, got {self.max_consecutive_skips}")
         names = [s.name for s in self.sources]
         if len(set(names)) != len(names):
             raise ValueError(f"source names must be unique, got {names}")
@@ -144,6 +151,14 @@ class _SlotState:
         self.flushing: list[list[Example]] | None = None
         self._reported_skips: Counter[str] = Counter()
         self._reported_drawn: Counter[str] = Counter()
+        self.readers = {r.spec.name: r for r in readers}
+        # per source, this pass: examples served and records skipped; a pass serving none stops the run
+        self.pass_served: Counter[str] = Counter()
+        self.pass_passes = {name: 0 for name in self.readers}  # the reader's pass the counts are of
+        self.skips_in_row = 0
+        # ids skipped in an earlier pass of this slot: not decoded again, not counted again (a
+        # cache: a resumed run rebuilds it by skipping each once more)
+        self.known_bad: set[str] = set()
 
     def _make_bucketer(self, bounds: list[int]) -> None:
         self.bucketer = DurationBucketer(bounds, self.cfg.max_frames, self.cfg.max_batch_size)
@@ -151,14 +166,53 @@ class _SlotState:
     # -- iteration -------------------------------------------------------------------------------
 
     def _next_example(self) -> Example | None:
-        """The next valid example from the mixture, or ``None`` when the mixture is exhausted."""
+        """The next valid example from the mixture, or ``None`` when the mixture is exhausted.
+
+        Raises :class:`~granite_train.data.errors.DataError` when a full pass over a source served
+        nothing, or after ``max_consecutive_skips`` skipped records in a row: training would spin
+        forever on such data, and evaluation would report nothing.
+        """
         while True:
             record = self.mixture.next_record(self.rng)
+            self._check_finished_passes()
             if record is None:
                 return None
-            example = self.preparer(record)
+            source = record["source"]
+            if record["id"] in self.known_bad:
+                example = None
+            else:
+                first_pass = self.readers[source].passes == 0  # skips are counted once per record
+                example = self.preparer(record, count=first_pass)
+                if example is None:
+                    self.known_bad.add(record["id"])
             if example is not None:
+                self.pass_served[source] += 1
+                self.skips_in_row = 0
                 return example
+            self.skips_in_row += 1
+            if self.skips_in_row >= self.cfg.max_consecutive_skips:
+                raise consecutive_skips_error(
+                    self.cfg.max_consecutive_skips, self.preparer.by_source, self.preparer.examples
+                )
+
+    def _check_finished_passes(self) -> None:
+        """Stop when a source finished a pass that read records but served none of them."""
+        for name, reader in self.readers.items():
+            if reader.passes == self.pass_passes[name]:
+                continue
+            finished = reader.last_pass  # of the last pass ended (the mixture may have tried another)
+            self.pass_passes[name] = reader.passes
+            served, self.pass_served[name] = self.pass_served[name], 0
+            if served or not finished["rows"]:  # served something, or this slot's share is empty
+                continue
+            reasons = dict(self.preparer.by_source.get(name, {}))
+            reasons = {r: n for r, n in reasons.items() if not r.startswith("fixed_")}
+            examples = dict(self.preparer.examples.get(name, {}))
+            for reason, n in finished.get("left_out", {}).items():
+                reasons[reason] = reasons.get(reason, 0) + n
+                examples.setdefault(reason, finished.get("examples", {}).get(reason, ""))
+            where = f" (rank x worker slot {self.slot} of {self.num_slots})" if self.num_slots > 1 else ""
+            raise no_usable_example_error(name, reader.spec.path, finished["rows"], reasons, examples, where)
 
     def _shuffled(self) -> Iterator[Example]:
         """Examples in shuffled order: a random draw from a full buffer, then the drained buffer."""
@@ -235,6 +289,11 @@ class _SlotState:
             "counts": dict(self.preparer.counts),
             "reported_skips": dict(self._reported_skips),
             "reported_drawn": dict(self._reported_drawn),
+            "pass_served": dict(self.pass_served),
+            "pass_passes": dict(self.pass_passes),
+            "skips_in_row": self.skips_in_row,
+            "by_source": {k: dict(v) for k, v in self.preparer.by_source.items()},
+            "skip_examples": self.preparer.examples,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -263,6 +322,13 @@ class _SlotState:
         self.preparer.counts = Counter(state["counts"])
         self._reported_skips = Counter(state["reported_skips"])
         self._reported_drawn = Counter(state["reported_drawn"])
+        self.pass_served = Counter(state.get("pass_served", {}))
+        self.pass_passes.update(
+            state.get("pass_passes", {r.spec.name: r.passes for r in self.readers.values()})
+        )
+        self.skips_in_row = state.get("skips_in_row", 0)
+        self.preparer.by_source = {k: Counter(v) for k, v in state.get("by_source", {}).items()}
+        self.preparer.examples = state.get("skip_examples", {})
 
 
 class SpeechDataPipeline(IterableDataset):

@@ -18,7 +18,14 @@ import torch
 
 from granite_train.audio.augment import SpeedPerturb
 from granite_train.audio.features import LogMelFeatures
-from granite_train.audio.io import AudioDecodeError, AudioFileNotFoundError, decode_audio, to_mono
+from granite_train.audio.io import (
+    AudioDecodeError,
+    AudioFileNotFoundError,
+    AudioInfo,
+    audio_info,
+    decode_audio,
+    to_mono,
+)
 from granite_train.audio.resample import resample
 from granite_train.text.targets import CTCTargetBuilder
 from granite_train.text.vocab import OOVError
@@ -41,6 +48,8 @@ class SkipReason(str, Enum):
     FRAMES_LT_TARGETS = "fewer_frames_than_targets"
     FIXED_SAMPLE_RATE = "fixed_resampled"
     FIXED_CHANNELS = "fixed_downmixed"
+    # a manifest's duration (NeMo ``duration``) that disagrees with the audio header: the header wins
+    FIXED_DURATION = "fixed_duration_from_header"
 
     @property
     def is_fix(self) -> bool:
@@ -117,6 +126,15 @@ class Example:
         return LogMelFeatures.num_frames(self.num_samples)
 
 
+# a declared duration within this much of the header's is taken to agree (rounding in manifests)
+DURATION_TOLERANCE_S = 0.1
+DURATION_TOLERANCE_SHARE = 0.05
+
+
+def durations_disagree(declared: float, actual: float) -> bool:
+    return abs(declared - actual) > max(DURATION_TOLERANCE_S, DURATION_TOLERANCE_SHARE * actual)
+
+
 def ctc_min_frames(targets: list[int]) -> int:
     """Frames CTC needs for ``targets``: one per label plus a blank between repeated labels."""
     repeats = sum(1 for a, b in zip(targets, targets[1:]) if a == b)
@@ -124,38 +142,95 @@ def ctc_min_frames(targets: list[int]) -> int:
 
 
 class ExamplePreparer:
-    """Decode, repair and validate raw records. Counts every skip and fix in ``counts``."""
+    """Decode, repair and validate raw records.
+
+    Counts every skip and fix in ``counts`` (by reason), in ``by_source`` (by source, then reason)
+    and keeps the first record of each (source, reason) with its detail in ``examples``, so that a
+    report can say what was wrong with which rows. ``__call__(record, count=False)`` prepares
+    without counting (a record seen again in a later pass is counted once).
+    """
 
     def __init__(self, config: PrepareConfig, targets: CTCTargetBuilder, seed: int = 0):
         self.config = config
         self.targets = targets
         self.seed = seed
         self.counts: Counter[str] = Counter()
+        self.by_source: dict[str, Counter[str]] = {}
+        self.examples: dict[str, dict[str, str]] = {}  # source -> reason -> "id: detail"
         self.speed = SpeedPerturb(config.speed_factors, config.sample_rate) if config.speed_factors else None
+        self._counting = True
+
+    def count(self, record: dict[str, Any], reason: SkipReason, detail: str = "") -> None:
+        """Count a skip or fix of ``record`` (unless this call prepares without counting)."""
+        if not self._counting:
+            return
+        source = str(record.get("source"))
+        self.counts[reason.value] += 1
+        self.by_source.setdefault(source, Counter())[reason.value] += 1
+        first = self.examples.setdefault(source, {})
+        if reason.value not in first:
+            first[reason.value] = f"{record.get('id')}: {detail}" if detail else str(record.get("id"))
 
     def _speed_factor(self, sample_id: str) -> float:
         # Seeded by the sample id, not by stream position: a resumed run perturbs identically.
         generator = torch.Generator().manual_seed(zlib.crc32(f"{self.seed}:{sample_id}".encode()))
         return self.speed.sample_factor(generator)
 
-    def __call__(self, record: dict[str, Any]) -> Example | None:
+    def __call__(self, record: dict[str, Any], count: bool = True) -> Example | None:
         """The prepared example, or ``None`` after counting why it was skipped."""
+        self._counting = count
         try:
             return self.prepare(record)
         except Skip as skip:
-            self.counts[skip.reason.value] += 1
+            self.count(record, skip.reason, skip.detail)
             return None
+        finally:
+            self._counting = True
+
+    def check_text(self, record: dict[str, Any]) -> None:
+        """Skip a record without a transcript, saying which column was missing when one was."""
+        text = record.get("text")
+        if self.config.require_text and (text is None or not text.strip()):
+            problem = (record.get("problems") or {}).get("text")
+            raise Skip(SkipReason.NO_TEXT, problem or ("empty transcript" if text is not None else ""))
+
+    def audio_source(self, record: dict[str, Any]) -> bytes | str:
+        """The record's encoded audio (bytes or a path), or a skip saying what was missing."""
+        audio = record.get("audio") or {}
+        source = audio.get("bytes") or audio.get("path")
+        if not source:
+            raise Skip(SkipReason.NO_AUDIO, (record.get("problems") or {}).get("audio", ""))
+        return source
+
+    def check_header(self, record: dict[str, Any], source: bytes | str) -> AudioInfo | None:
+        """Read the audio header (no decoding): a missing or unreadable file, or audio longer than
+        ``max_duration`` (a two-hour recording), is skipped before its samples are decoded. A
+        manifest's declared duration that disagrees with the header is counted (the header wins);
+        without a readable header the declared one decides. ``None`` when there is no header."""
+        declared = record.get("duration")
+        try:
+            info = audio_info(source)
+        except AudioFileNotFoundError as err:
+            raise Skip(SkipReason.MISSING_FILE, str(err)) from err
+        except AudioDecodeError:
+            info = None  # a format without a header libsndfile reads: decoding will tell
+        duration = info.duration if info is not None else declared
+        if info is not None and declared is not None and durations_disagree(declared, info.duration):
+            self.count(
+                record, SkipReason.FIXED_DURATION, f"manifest {declared:g} s, header {info.duration:.2f} s"
+            )
+        # speed perturbation shortens audio by up to its largest factor: skip only what stays too long
+        fastest = max(self.config.speed_factors) if self.config.speed_factors else 1.0
+        if duration is not None and duration / fastest > self.config.max_duration:
+            raise Skip(SkipReason.TOO_LONG, f"{duration:.1f}s (from the {'header' if info else 'manifest'})")
+        return info
 
     def prepare(self, record: dict[str, Any]) -> Example:
         cfg = self.config
         text = record.get("text")
-        if cfg.require_text and (text is None or not text.strip()):
-            raise Skip(SkipReason.NO_TEXT)
-
-        audio = record.get("audio") or {}
-        source = audio.get("bytes") or audio.get("path")
-        if not source:
-            raise Skip(SkipReason.NO_AUDIO)
+        self.check_text(record)
+        source = self.audio_source(record)
+        self.check_header(record, source)
         try:
             samples, sr = decode_audio(source)
         except AudioFileNotFoundError as err:
@@ -168,10 +243,10 @@ class ExamplePreparer:
         if not np.isfinite(samples).all():
             raise Skip(SkipReason.NON_FINITE)
         if samples.shape[0] > 1:
-            self.counts[SkipReason.FIXED_CHANNELS.value] += 1
+            self.count(record, SkipReason.FIXED_CHANNELS)
         wave = torch.from_numpy(np.ascontiguousarray(to_mono(samples), dtype=np.float32))
         if sr != cfg.sample_rate:
-            self.counts[SkipReason.FIXED_SAMPLE_RATE.value] += 1
+            self.count(record, SkipReason.FIXED_SAMPLE_RATE)
             wave = resample(wave, sr, cfg.sample_rate)
         if self.speed is not None:
             factor = self._speed_factor(str(record.get("id")))

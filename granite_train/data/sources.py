@@ -13,9 +13,12 @@ buffered records into its resumable state.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import re
 import zlib
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,10 +27,21 @@ from typing import Any
 import datasets
 from datasets.distributed import split_dataset_by_node
 
+from granite_train.data.errors import DataError
+from granite_train.data.manifests import (
+    manifest_encoding,
+    missing_column_message,
+    suggest_audio_column,
+    suggest_text_column,
+)
+
 log = logging.getLogger(__name__)
 
 SOURCE_KINDS = ("hub", "parquet", "audiofolder", "jsonl", "csv")
 HOLDOUT_MODES = ("exclude", "only")
+HOLDOUT_KEYS = ("speaker", "recording", "content")
+# conventional audio path columns (NeMo manifests, audiofolder metadata, CSV manifests)
+AUDIO_PATH_COLUMNS = ("audio_filepath", "file_name", "path")
 
 
 @dataclass
@@ -60,7 +74,14 @@ class SourceSpec:
             equals ``split``.
         holdout_share: Share of speakers (or of recordings, when the source names no speakers)
             held out, chosen by a hash of the speaker (or audio path / id): the same on every run.
+            :func:`granite_train.data.holdout.plan_holdout` instead picks keys that reach the share
+            and writes them to ``holdout_keys``.
         holdout_speakers: These speakers are the held-out split instead of a hashed share.
+        holdout_by: What the held-out split is made of: ``speaker``, ``recording`` (the audio path
+            or id) or ``content`` (a hash of the audio bytes); ``None`` takes the first a row has.
+        holdout_keys: These keys (of the ``holdout_by`` kind) are the held-out split.
+        encoding: Text encoding of a CSV / TSV / JSONL manifest; ``None`` detects it (UTF-8,
+            UTF-16 with a BOM, else a logged guess such as cp1252).
     """
 
     name: str
@@ -82,6 +103,9 @@ class SourceSpec:
     holdout: str | None = None
     holdout_share: float = 0.1
     holdout_speakers: list[str] = field(default_factory=list)
+    holdout_by: str | None = None
+    holdout_keys: list[str] = field(default_factory=list)
+    encoding: str | None = None
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -96,32 +120,72 @@ class SourceSpec:
             raise ValueError(
                 f"source {self.name!r}: holdout must be one of {HOLDOUT_MODES} or null, got {self.holdout!r}"
             )
+        if self.holdout_by not in (None, *HOLDOUT_KEYS):
+            raise ValueError(
+                f"source {self.name!r}: holdout_by must be one of {HOLDOUT_KEYS} or null, got {self.holdout_by!r}"
+            )
+        if self.holdout_keys and self.holdout_by is None:
+            raise ValueError(f"source {self.name!r}: holdout_keys need holdout_by (one of {HOLDOUT_KEYS})")
         if not 0.0 < self.holdout_share < 1.0:
             raise ValueError(
                 f"source {self.name!r}: holdout_share must be in (0, 1), got {self.holdout_share}"
             )
 
+    def holdout_key(self, row: Mapping[str, Any], by: str | None = None) -> tuple[str, str] | None:
+        """``(kind, key)`` that places ``row`` on one side of the held-out split: its speaker, else
+        its recording (audio path or id), else a hash of its audio bytes (``by`` forces one kind);
+        ``None`` when the row has none of them."""
+        kinds = (by,) if by else HOLDOUT_KEYS
+        for kind in kinds:
+            key = self._key_of(row, kind)
+            if key is not None:
+                return kind, key
+        return None
+
+    def _key_of(self, row: Mapping[str, Any], kind: str) -> str | None:
+        if kind == "speaker":
+            speaker = row.get(self.speaker_column) if self.speaker_column else None
+            return None if speaker is None or str(speaker) == "" else str(speaker)
+        audio = row.get(self.audio_column)
+        if kind == "recording":
+            path = (
+                audio.get("path") if isinstance(audio, Mapping) else audio if isinstance(audio, str) else None
+            )
+            path = path or next((row[k] for k in AUDIO_PATH_COLUMNS if row.get(k)), None)
+            key = path or (row.get(self.id_column) if self.id_column else None)
+            return None if key is None else str(key)
+        data = audio.get("bytes") if isinstance(audio, Mapping) else audio
+        return hashlib.sha1(data).hexdigest()[:16] if isinstance(data, (bytes, bytearray)) and data else None
+
     def is_held_out(self, row: Mapping[str, Any]) -> bool:
-        """Whether ``row`` belongs to the held-out split: by speaker when the row names one (every
-        utterance of a speaker on the same side), else by its audio path or id."""
-        speaker = row.get(self.speaker_column) if self.speaker_column else None
+        """Whether ``row`` belongs to the held-out split: ``holdout_keys`` when given (see
+        :mod:`granite_train.data.holdout`), ``holdout_speakers``, else a hash of the row's key (its
+        speaker, so every utterance of a speaker is on the same side; else its recording or audio
+        content) below ``holdout_share``. A row without any key is never held out."""
+        if self.holdout_keys:
+            found = self.holdout_key(row, self.holdout_by)
+            return found is not None and found[1] in self.holdout_keys
         if self.holdout_speakers:
-            return speaker is not None and str(speaker) in self.holdout_speakers
-        key = speaker
-        if key is None:
-            audio = row.get(self.audio_column)
-            key = audio.get("path") if isinstance(audio, dict) else audio
-            key = key or row.get("audio_filepath") or row.get("file_name") or row.get(self.id_column or "id")
-        digest = zlib.crc32(str(key).encode("utf-8")) % 10_000
+            speaker = self._key_of(row, "speaker")
+            return speaker is not None and speaker in self.holdout_speakers
+        found = self.holdout_key(row, self.holdout_by)
+        if found is None:
+            return False
+        digest = zlib.crc32(found[1].encode("utf-8")) % 10_000
         return digest < self.holdout_share * 10_000
 
     def keeps(self, row: Mapping[str, Any]) -> bool:
         """Whether this source serves ``row``: its manifest split, then its side of the holdout."""
+        return self.left_out_because(row) is None
+
+    def left_out_because(self, row: Mapping[str, Any]) -> str | None:
+        """Why this source does not serve ``row`` (``other_split``, ``held_out``, ``not_held_out``),
+        or ``None`` when it does."""
         if self.kind in ("csv", "jsonl") and row.get("split") not in (None, self.split):
-            return False
-        if self.holdout is None:
-            return True
-        return self.is_held_out(row) == (self.holdout == "only")
+            return "other_split"
+        if self.holdout is None or self.is_held_out(row) == (self.holdout == "only"):
+            return None
+        return "held_out" if self.holdout == "exclude" else "not_held_out"
 
 
 def guess_kind(path: str) -> str:
@@ -141,23 +205,53 @@ def guess_kind(path: str) -> str:
     return "hub"
 
 
-def _local_files(path: str, pattern: str) -> list[str]:
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+_FILE_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".parquet", ".arrow", ".txt", ".wav", ".flac", ".mp3")
+
+
+def looks_like_hub_id(path: str) -> bool:
+    """``name`` or ``owner/name`` without a file suffix: what a hub dataset id looks like (a
+    relative folder such as ``data/calls`` looks the same, so a missing one is checked on the hub)."""
+    return bool(_HUB_ID.match(path)) and not path.lower().endswith(_FILE_SUFFIXES)
+
+
+def hub_offline() -> bool:
+    return any(
+        os.environ.get(v, "").lower() in ("1", "true", "yes")
+        for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    )
+
+
+def missing_path_error(spec: SourceSpec, what: str = "") -> DataError:
+    """The error for a source path that names nothing on this machine."""
+    where = Path(spec.path).expanduser().absolute()
+    return DataError(
+        f"source {spec.name!r}: {what or 'data path'} {spec.path!r} does not exist ({where} is neither a "
+        "file nor a folder): give an audio folder, a CSV / TSV / JSONL manifest, a parquet file or folder, "
+        "or a hub dataset id"
+    )
+
+
+def _local_files(spec: SourceSpec, pattern: str) -> list[str]:
+    path = spec.path
     p = Path(path)
     if p.is_dir():
         files = sorted(str(f) for f in p.rglob(pattern))
-    else:
-        import glob
+        if not files:
+            raise DataError(f"source {spec.name!r}: no {pattern} files in the folder {path!r}")
+        return files
+    import glob
 
-        files = sorted(glob.glob(path))
+    files = sorted(glob.glob(path))
     if not files:
-        raise FileNotFoundError(f"no {pattern} files found at {path!r}")
+        raise missing_path_error(spec, "manifest" if spec.kind in ("csv", "jsonl") else "data path")
     return files
 
 
-def split_files(path: str, split: str) -> list[str]:
+def split_files(path: str, split: str, spec: SourceSpec | None = None) -> list[str]:
     """Parquet files of ``split`` under ``path``, by the Hub's naming conventions
     (``<split>-*.parquet``, ``<split>/*.parquet``, ``<split>.parquet``); all files if none match."""
-    files = _local_files(path, "*.parquet")
+    files = _local_files(spec or SourceSpec("parquet", path, kind="parquet"), "*.parquet")
     if not Path(path).is_dir():
         return files
     named = [f for f in files if Path(f).name.startswith(f"{split}-") or Path(f).stem == split]
@@ -177,11 +271,9 @@ def audiofolder_metadata(path: str, split: str) -> Path | None:
 def open_stream(spec: SourceSpec) -> datasets.IterableDataset:
     """Open ``spec`` as a streamed ``datasets.IterableDataset`` with undecoded audio."""
     if spec.kind == "hub":
-        ds = datasets.load_dataset(
-            spec.path, spec.config, split=spec.split, streaming=True, revision=spec.revision
-        )
+        ds = _open_hub(spec)
     elif spec.kind == "parquet":
-        files = spec.data_files or split_files(spec.path, spec.split)
+        files = spec.data_files or split_files(spec.path, spec.split, spec)
         ds = datasets.load_dataset(
             "parquet", data_files={spec.split: files}, split=spec.split, streaming=True
         )
@@ -193,24 +285,51 @@ def open_stream(spec: SourceSpec) -> datasets.IterableDataset:
             # Stream the metadata file alone: the audiofolder builder lists every audio file first,
             # which takes seconds on large folders. Paths resolve against the metadata's folder.
             builder = "csv" if metadata.suffix == ".csv" else "json"
+            encoding = manifest_encoding([str(metadata)], spec.encoding)
             ds = datasets.load_dataset(
-                builder, data_files={spec.split: [str(metadata)]}, split=spec.split, streaming=True
-            )
+                builder, data_files={spec.split: [str(metadata)]}, split=spec.split, streaming=True,
+                encoding=encoding,
+            )  # fmt: skip
         else:
             ds = datasets.load_dataset("audiofolder", data_dir=spec.path, split=spec.split, streaming=True)
     elif spec.kind == "csv":  # manifest: audio path, text[, speaker, split]; .tsv is tab-separated
-        files = spec.data_files or _local_files(spec.path, "*.[ct]sv")
+        files = spec.data_files or _local_files(spec, "*.[ct]sv")
         delimiter = "\t" if files[0].endswith(".tsv") else ","
         ds = datasets.load_dataset(
-            "csv", data_files={spec.split: files}, split=spec.split, streaming=True, delimiter=delimiter
-        )
+            "csv", data_files={spec.split: files}, split=spec.split, streaming=True, delimiter=delimiter,
+            encoding=manifest_encoding(files, spec.encoding),
+        )  # fmt: skip
     else:  # jsonl manifest (NeMo style: audio_filepath, text, duration, ...)
-        files = spec.data_files or _local_files(spec.path, "*.jsonl")
-        ds = datasets.load_dataset("json", data_files={spec.split: files}, split=spec.split, streaming=True)
+        files = spec.data_files or _local_files(spec, "*.jsonl")
+        ds = datasets.load_dataset(
+            "json", data_files={spec.split: files}, split=spec.split, streaming=True,
+            encoding=manifest_encoding(files, spec.encoding),
+        )  # fmt: skip
     features = ds.features or {}
     if isinstance(features.get(spec.audio_column), datasets.Audio):
         ds = ds.cast_column(spec.audio_column, datasets.Audio(decode=False))
     return ds
+
+
+def _open_hub(spec: SourceSpec) -> datasets.IterableDataset:
+    """A hub dataset, or a :class:`DataError` saying why a path is not one."""
+    if not looks_like_hub_id(spec.path):
+        raise missing_path_error(spec)
+    if hub_offline():
+        raise DataError(
+            f"source {spec.name!r}: {spec.path!r} is not a local path (no such file or folder in "
+            f"{Path.cwd()}) and the hub is offline (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE): fix the path, "
+            "or go online to stream it as a hub dataset"
+        )
+    try:
+        return datasets.load_dataset(
+            spec.path, spec.config, split=spec.split, streaming=True, revision=spec.revision
+        )
+    except (FileNotFoundError, ConnectionError, ValueError) as err:  # DatasetNotFoundError is one
+        raise DataError(
+            f"source {spec.name!r}: {spec.path!r} is neither a local path (no such file or folder in "
+            f"{Path.cwd()}) nor a dataset the hub serves: {err}"
+        ) from err
 
 
 def shard_stream(ds: datasets.IterableDataset, shard_index: int, num_shards: int) -> datasets.IterableDataset:
@@ -255,7 +374,7 @@ def normalize_record(
     """Map a source row to a raw record (see module docstring). Never decodes audio."""
     audio = row.get(spec.audio_column)
     if audio is None:  # conventional path columns: NeMo manifests, audiofolder metadata, CSV manifests
-        audio = next((row[k] for k in ("audio_filepath", "file_name", "path") if row.get(k)), None)
+        audio = next((row[k] for k in AUDIO_PATH_COLUMNS if row.get(k)), None)
     if isinstance(audio, dict):
         raw = {"bytes": audio.get("bytes"), "path": audio.get("path")}
     elif isinstance(audio, (bytes, bytearray)):
@@ -278,6 +397,12 @@ def normalize_record(
     if text is None and spec.text_column == "text":
         # data_prep.translate writes the training target as target_text (the transcript is source_text)
         text = row.get("target_text")
+    problems = {}  # why a field is missing, for the skip report: the columns the row does have
+    if spec.text_column not in row and text is None:
+        suggestion = suggest_text_column(row, exclude=(spec.speaker_column or "", spec.id_column or ""))
+        problems["text"] = missing_column_message("text", spec.text_column, row, suggestion)
+    if raw["bytes"] is None and raw["path"] is None and spec.audio_column not in row:
+        problems["audio"] = missing_column_message("audio", spec.audio_column, row, suggest_audio_column(row))
     language = spec.language
     if language is None and spec.language_column:
         language = row.get(spec.language_column)
@@ -293,6 +418,11 @@ def normalize_record(
             record[key] = row[key]
     if spec.speaker_column and row.get(spec.speaker_column) is not None:
         record["speaker"] = str(row[spec.speaker_column])
+    duration = row.get("duration")  # NeMo manifests: checked against the header before decoding
+    if isinstance(duration, (int, float)) and not isinstance(duration, bool):
+        record["duration"] = float(duration)
+    if problems:
+        record["problems"] = problems
     if spec.task:
         record["task"] = spec.task
     return record
@@ -312,6 +442,11 @@ class SourceReader:
         self.seed = seed
         self.passes = 0  # completed passes over this source
         self.count = 0  # records read in the current pass
+        # rows of the current pass this source does not serve (held out, another split), by reason,
+        # with the first such row's id; and the last finished pass's row and left-out counts
+        self.left_out: Counter[str] = Counter()
+        self.left_out_examples: dict[str, str] = {}
+        self.last_pass: dict[str, Any] = {"rows": 0, "left_out": {}, "examples": {}}
         self._stream: datasets.IterableDataset | None = None
         self._iter: Iterator[dict[str, list]] | None = None
         self._resume_state: dict | None = None
@@ -338,21 +473,41 @@ class SourceReader:
                 self._iter = None
                 self._stream = None
                 self.passes += 1
+                self.last_pass = {
+                    "rows": self.count, "left_out": dict(self.left_out), "examples": dict(self.left_out_examples)
+                }  # fmt: skip
                 self.count = 0
+                self.left_out, self.left_out_examples = Counter(), {}
                 return None
             row = {k: v[0] for k, v in batch.items()}
             index = self.count * self.num_shards + self.shard_index
             self.count += 1
-            if self.spec.keeps(row):  # else: the other side of a split, not this source's record
+            reason = self.spec.left_out_because(row)
+            if reason is None:
                 return normalize_record(self.spec, row, index, self._base_dir)
+            # the other side of a split, not this source's record
+            self.left_out[reason] += 1
+            if reason not in self.left_out_examples:
+                key = self.spec.holdout_key(row, self.spec.holdout_by)
+                what = (
+                    f"split {row.get('split')!r}"
+                    if reason == "other_split"
+                    else (f"{key[0]} {key[1]!r}" if key else "")
+                )
+                self.left_out_examples[reason] = what
 
     def state_dict(self) -> dict[str, Any]:
         stream_state = self._stream.state_dict() if self._stream is not None else self._resume_state
-        return {"passes": self.passes, "count": self.count, "stream": stream_state}
+        return {
+            "passes": self.passes, "count": self.count, "stream": stream_state,
+            "left_out": dict(self.left_out), "left_out_examples": dict(self.left_out_examples),
+        }  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.passes = state["passes"]
         self.count = state["count"]
+        self.left_out = Counter(state.get("left_out", {}))
+        self.left_out_examples = dict(state.get("left_out_examples", {}))
         self._resume_state = state["stream"]
         self._stream = None
         self._iter = None
