@@ -12,11 +12,23 @@ SHARED = REPO_ROOT.parent / "shared"
 FSDD_DIR = SHARED / "data" / "fsdd"
 
 
+# CI sets this: there a missing ../shared is a broken checkout, and its tests must fail, not skip
+REQUIRE_SHARED = os.environ.get("GRANITE_TRAIN_REQUIRE_SHARED", "") not in ("", "0")
+
+
+def require_shared(path: Path) -> Path:
+    """``path`` under ../shared, or a skip (a failure where CI requires it) when it is missing."""
+    if not path.exists():
+        message = f"real speech not found at {path}"
+        if REQUIRE_SHARED:
+            pytest.fail(message + " (GRANITE_TRAIN_REQUIRE_SHARED is set: CI needs ../shared/data/fsdd)")
+        pytest.skip(message)
+    return path
+
+
 @pytest.fixture(scope="session")
 def fsdd_dir() -> Path:
-    if not FSDD_DIR.is_dir():
-        pytest.skip(f"real speech not found at {FSDD_DIR}")
-    return FSDD_DIR
+    return require_shared(FSDD_DIR)
 
 
 def pytest_collection_modifyitems(config, items):

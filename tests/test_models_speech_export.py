@@ -29,7 +29,7 @@ from granite_train.models.speech_export import (
 from granite_train.models.speech_llm import SpeechLLM, assemble_speech_llm, load_speech_llm
 from granite_train.models.tiny_llm import build_tiny_llm
 from granite_train.speech_format import AUDIO_TOKEN, IGNORE_INDEX, audio_token_count, projector_tokens
-from tests.conftest import FSDD_DIR
+from tests.conftest import FSDD_DIR, REQUIRE_SHARED, require_shared
 from tests.corpus import speechlike
 from tests.lora_reference import peft_merge_lora
 
@@ -102,9 +102,9 @@ def exports(speech, tmp_path_factory):
 @pytest.fixture(scope="module")
 def waves() -> list[torch.Tensor]:
     """Real speech of three lengths (FSDD digits), or speech-like noise where FSDD is absent."""
-    if not FSDD_DIR.is_dir():
+    if not FSDD_DIR.is_dir() and not REQUIRE_SHARED:
         return [torch.from_numpy(speechlike(d, seed=i)) for i, d in enumerate((0.35, 0.8, 1.3))]
-    rec = FSDD_DIR / "recordings"
+    rec = require_shared(FSDD_DIR) / "recordings"
     return [torch.cat([load_audio(rec / name) for name in names]) for names in FSDD_FILES]
 
 

@@ -21,6 +21,7 @@ class ExampleBatch:
     examples: list[Example]
     skipped: dict[str, int] = field(default_factory=dict)
     drawn: dict[str, int] = field(default_factory=dict)
+    skipped_by_source: dict[str, int] = field(default_factory=dict)  # "source/reason" -> count
 
 
 @dataclass
@@ -42,6 +43,7 @@ class Batch:
     feature_lengths: torch.Tensor | None = None  # (B,) int64
     skipped: dict[str, int] = field(default_factory=dict)  # skips/fixes counted since the last batch
     drawn: dict[str, int] = field(default_factory=dict)  # records drawn per source since the last batch
+    skipped_by_source: dict[str, int] = field(default_factory=dict)  # the skips as "source/reason" -> count
     # per utterance, the waveform augmentations applied (``name(detail)``, e.g. ``reverb(rt60=0.41s,...)``);
     # empty when the collator has none configured
     augmentations: list[list[str]] = field(default_factory=list)
@@ -111,9 +113,10 @@ class Collator:
         return torch.Generator().manual_seed(zlib.crc32(key.encode()))
 
     def __call__(self, examples: ExampleBatch | Sequence[Example]) -> Batch:
-        skipped, drawn = {}, {}
+        skipped, drawn, by_source = {}, {}, {}
         if isinstance(examples, ExampleBatch):
-            skipped, drawn, examples = examples.skipped, examples.drawn, examples.examples
+            skipped, drawn, by_source = examples.skipped, examples.drawn, examples.skipped_by_source
+            examples = examples.examples
         if not examples:
             raise ValueError("cannot collate an empty batch")
         waves, wave_lengths = pad_1d([e.waveform for e in examples])
@@ -129,6 +132,7 @@ class Collator:
             target_lengths=target_lengths,
             skipped=dict(skipped),
             drawn=dict(drawn),
+            skipped_by_source=dict(by_source),
         )
         generator = self._generator(batch.ids) if (self.noise or self.spec_augment) else None
         applied: list[list[str]] = [[] for _ in examples]

@@ -151,6 +151,7 @@ class _SlotState:
         self.flushing: list[list[Example]] | None = None
         self._reported_skips: Counter[str] = Counter()
         self._reported_drawn: Counter[str] = Counter()
+        self._reported_by_source: Counter[str] = Counter()
         self.readers = {r.spec.name: r for r in readers}
         # per source, this pass: examples served and records skipped; a pass serving none stops the run
         self.pass_served: Counter[str] = Counter()
@@ -260,12 +261,21 @@ class _SlotState:
     def tally(self, examples: list[Example] | None = None) -> ExampleBatch:
         """``examples`` as a batch carrying the skips and draws counted since the last one."""
         skips, drawn = self.preparer.counts, self.mixture.drawn
+        by_source = Counter(
+            {
+                f"{source}/{reason}": n
+                for source, counts in self.preparer.by_source.items()
+                for reason, n in counts.items()
+            }
+        )
         out = ExampleBatch(
             examples or [],
             _counter_delta(skips, self._reported_skips),
             _counter_delta(drawn, self._reported_drawn),
+            _counter_delta(by_source, self._reported_by_source),
         )
         self._reported_skips, self._reported_drawn = Counter(skips), Counter(drawn)
+        self._reported_by_source = by_source
         return out
 
     # -- state -------------------------------------------------------------------------------------
@@ -289,6 +299,7 @@ class _SlotState:
             "counts": dict(self.preparer.counts),
             "reported_skips": dict(self._reported_skips),
             "reported_drawn": dict(self._reported_drawn),
+            "reported_by_source": dict(self._reported_by_source),
             "pass_served": dict(self.pass_served),
             "pass_passes": dict(self.pass_passes),
             "skips_in_row": self.skips_in_row,
@@ -322,6 +333,7 @@ class _SlotState:
         self.preparer.counts = Counter(state["counts"])
         self._reported_skips = Counter(state["reported_skips"])
         self._reported_drawn = Counter(state["reported_drawn"])
+        self._reported_by_source = Counter(state.get("reported_by_source", {}))
         self.pass_served = Counter(state.get("pass_served", {}))
         self.pass_passes.update(
             state.get("pass_passes", {r.spec.name: r.passes for r in self.readers.values()})

@@ -227,7 +227,6 @@ class ExamplePreparer:
 
     def prepare(self, record: dict[str, Any]) -> Example:
         cfg = self.config
-        text = record.get("text")
         self.check_text(record)
         source = self.audio_source(record)
         self.check_header(record, source)
@@ -253,24 +252,34 @@ class ExamplePreparer:
             if factor != 1.0:
                 wave = self.speed.perturb(wave, factor)
 
-        duration = wave.shape[-1] / cfg.sample_rate
-        if duration < cfg.min_duration:
-            raise Skip(SkipReason.TOO_SHORT, f"{duration:.3f}s")
-        if duration > cfg.max_duration:
-            raise Skip(SkipReason.TOO_LONG, f"{duration:.1f}s")
+        self.check_duration(wave.shape[-1] / cfg.sample_rate)
         rms = float(wave.pow(2).mean().sqrt())
         if rms == 0.0 or 20 * math.log10(rms) < cfg.silence_db:
             raise Skip(SkipReason.SILENCE)
+        targets = self.build_targets(record, int(wave.shape[-1]))
+        return Example(record=record, waveform=wave, targets=targets, sample_rate=cfg.sample_rate)
 
-        targets: list[int] = []
-        if text is not None and cfg.ctc_targets:
-            try:
-                targets = self.targets(text, record.get("language"))
-            except OOVError as err:
-                raise Skip(SkipReason.OOV_TEXT, str(err)) from err
-            if cfg.require_text and not targets:
-                raise Skip(SkipReason.EMPTY_TARGET)
-        example = Example(record=record, waveform=wave, targets=targets, sample_rate=cfg.sample_rate)
-        if cfg.check_ctc_length and cfg.ctc_targets and example.num_frames < ctc_min_frames(targets):
-            raise Skip(SkipReason.FRAMES_LT_TARGETS, f"{example.num_frames} frames < {len(targets)} labels")
-        return example
+    def check_duration(self, seconds: float) -> None:
+        """Skip audio outside ``[min_duration, max_duration]``."""
+        if seconds < self.config.min_duration:
+            raise Skip(SkipReason.TOO_SHORT, f"{seconds:.3f}s")
+        if seconds > self.config.max_duration:
+            raise Skip(SkipReason.TOO_LONG, f"{seconds:.1f}s")
+
+    def build_targets(self, record: dict[str, Any], num_samples: int) -> list[int]:
+        """The CTC targets of the record's text (empty when the stage needs none), or a skip: text
+        outside the vocabulary, nothing left of it, more labels than the audio has frames."""
+        cfg = self.config
+        text = record.get("text")
+        if text is None or not cfg.ctc_targets:
+            return []
+        try:
+            targets = self.targets(text, record.get("language"))
+        except OOVError as err:
+            raise Skip(SkipReason.OOV_TEXT, str(err)) from err
+        if cfg.require_text and not targets:
+            raise Skip(SkipReason.EMPTY_TARGET, repr(text[:60]))
+        frames = LogMelFeatures.num_frames(num_samples)
+        if cfg.check_ctc_length and frames < ctc_min_frames(targets):
+            raise Skip(SkipReason.FRAMES_LT_TARGETS, f"{frames} frames < {len(targets)} labels")
+        return targets

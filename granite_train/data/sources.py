@@ -137,12 +137,12 @@ class SourceSpec:
         ``None`` when the row has none of them."""
         kinds = (by,) if by else HOLDOUT_KEYS
         for kind in kinds:
-            key = self._key_of(row, kind)
+            key = self.key_of(row, kind)
             if key is not None:
                 return kind, key
         return None
 
-    def _key_of(self, row: Mapping[str, Any], kind: str) -> str | None:
+    def key_of(self, row: Mapping[str, Any], kind: str) -> str | None:
         if kind == "speaker":
             speaker = row.get(self.speaker_column) if self.speaker_column else None
             return None if speaker is None or str(speaker) == "" else str(speaker)
@@ -166,7 +166,7 @@ class SourceSpec:
             found = self.holdout_key(row, self.holdout_by)
             return found is not None and found[1] in self.holdout_keys
         if self.holdout_speakers:
-            speaker = self._key_of(row, "speaker")
+            speaker = self.key_of(row, "speaker")
             return speaker is not None and speaker in self.holdout_speakers
         found = self.holdout_key(row, self.holdout_by)
         if found is None:
@@ -435,8 +435,11 @@ class SourceReader:
     reader yields exactly the records an uninterrupted one would have yielded next.
     """
 
-    def __init__(self, spec: SourceSpec, shard_index: int = 0, num_shards: int = 1, seed: int = 0):
+    def __init__(
+        self, spec: SourceSpec, shard_index: int = 0, num_shards: int = 1, seed: int = 0, keys: bool = False
+    ):
         self.spec = spec
+        self.keys = keys  # attach each row's held-out split keys (speaker, recording, content hash)
         self.shard_index = shard_index
         self.num_shards = num_shards
         self.seed = seed
@@ -484,7 +487,12 @@ class SourceReader:
             self.count += 1
             reason = self.spec.left_out_because(row)
             if reason is None:
-                return normalize_record(self.spec, row, index, self._base_dir)
+                record = normalize_record(self.spec, row, index, self._base_dir)
+                if self.keys:
+                    record["keys"] = {
+                        k: v for k in HOLDOUT_KEYS if (v := self.spec.key_of(row, k)) is not None
+                    }
+                return record
             # the other side of a split, not this source's record
             self.left_out[reason] += 1
             if reason not in self.left_out_examples:

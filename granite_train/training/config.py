@@ -163,12 +163,17 @@ class DataConfig:
         train: the training pipeline, streamed endlessly.
         val: the validation pipeline, or null.
         num_workers: loader workers per rank (each streams a disjoint share).
+        check: read every record of the local training sources once before training (headers,
+            not decoding: :mod:`granite_train.data.check`), print what is usable and skipped, and
+            stop when a source has nothing usable. Hub sources are not read ahead. Off by default:
+            large corpora take minutes to read; ``finetune`` always checks your data.
     """
 
     train: dict[str, Any] = field(default_factory=dict)
     val: dict[str, Any] | None = None
     num_workers: int = 0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    check: bool = False
 
     def __post_init__(self) -> None:
         from granite_train.data.builders import build_pipeline_config

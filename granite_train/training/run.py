@@ -217,9 +217,45 @@ def _write_summary(
     for what, prefix in (("source", "seen/"), ("task", "task/")):
         if shares := counter_shares(counters, prefix):
             print(f"[summary] examples trained on per {what} (rank 0): {shares}", flush=True)
+    for line in skipped_summary(counters):
+        print(line, flush=True)
     if warning := audio_ctc_warning(counters):
         print(f"[summary] warning: {warning}", flush=True)
         log.warning("%s", warning)
+
+
+def skipped_summary(counters: Mapping[str, float]) -> list[str]:
+    """What the data pipeline skipped or repaired, per source and reason (each record counted once),
+    with the fix for each reason; empty when nothing was."""
+    from granite_train.data.skips import skip_report_lines
+
+    by_source: dict[str, dict[str, int]] = {}
+    for key, n in counters.items():
+        if key.startswith("skipped_in/") and n:
+            source, reason = key[len("skipped_in/") :].rsplit("/", 1)
+            by_source.setdefault(source, {})[reason] = int(n)
+    if not by_source:
+        return []
+    return skip_report_lines(by_source, title="[summary] records skipped or repaired (rank 0, each once):")
+
+
+def check_training_data(data: DataConfig) -> str | None:
+    """``data.check``: every record of the local training sources read once (headers), the report
+    printed, and a :class:`~granite_train.data.errors.DataError` if a source has nothing usable."""
+    from granite_train.data.check import check_sources
+
+    if not data.check:
+        return None
+    pipeline = build_pipeline_config(data.train, "data.train")
+    local = [s for s in pipeline.sources if s.kind != "hub"]
+    for spec in pipeline.sources:
+        if spec.kind == "hub":
+            print(f"[data check] {spec.name}: a hub dataset, not read ahead", flush=True)
+    report = check_sources(local, pipeline.prepare)
+    markdown = report.to_markdown()
+    print("[data check] training data, every record read once (headers):\n" + markdown, flush=True)
+    report.raise_if_unusable()
+    return markdown
 
 
 def audio_ctc_warning(counters: Mapping[str, float], share: float = 0.25) -> str | None:
@@ -338,6 +374,7 @@ def _train(cfg: RecipeConfig, extra_callbacks: list[L.Callback]) -> TrainResult:
 
     max_steps = int(tcfg.max_steps)
     accumulate = int(cfg.optim.accumulate_grad_batches)
+    check_training_data(cfg.data)  # before a model is built: bad data fails in seconds
     module, wrap_collator = _build_stage(cfg, max_steps)
     every = int(tcfg.checkpoint_every_n_steps)
     encoder = module.encoder if cfg.stage == "ctc" else module.model.encoder

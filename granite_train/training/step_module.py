@@ -206,6 +206,8 @@ class StepSkippingModule(L.LightningModule):
         self.counters["audio_seconds"] += float(batch.waveform_lengths.sum()) / 16000.0
         for reason, n in batch.skipped.items():
             self.counters[f"skipped/{reason}"] += n
+        for key, n in getattr(batch, "skipped_by_source", {}).items():  # "source/reason"
+            self.counters[f"skipped_in/{key}"] += n
         for source in batch.sources:  # what the mixture really served, per source
             self.counters[f"seen/{source}"] += 1
         for task in getattr(batch, "task_labels", None) or ():  # and per task (stage 2)
@@ -301,7 +303,7 @@ class StepSkippingModule(L.LightningModule):
 
     def log_counters(self, bsz: int) -> None:
         for key, value in self.counters.items():
-            if key.startswith(("seen/", "task/", "skipped/", "encoder_cache/", "augment/")):
+            if key.startswith(("seen/", "task/", "skipped/", "skipped_in/", "encoder_cache/", "augment/")):
                 self.log(f"data/{key}", float(value), batch_size=bsz)
 
     def log_mixture(self) -> None:
