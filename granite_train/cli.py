@@ -13,6 +13,7 @@ import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, NoReturn
 
 from omegaconf import DictConfig
 
@@ -44,31 +45,102 @@ def data_report(cfg: DictConfig) -> None:
     print(run_data_report(data, max_batches=cfg.report.max_batches).format())
 
 
+def _fail(command: str, err: Exception) -> NoReturn:
+    print(f"granite-train {command}: {err}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _config_file(hydra_cfg) -> Path:
+    """The YAML file Hydra composed: ``configs/<name>.yaml``, or one found on ``--config-dir``."""
+    name = f"{hydra_cfg.job.config_name}.yaml"
+    for source in hydra_cfg.runtime.config_sources:
+        if source.schema == "file" and (Path(source.path) / name).is_file():
+            return Path(source.path) / name
+    return CONFIG_DIR / name
+
+
+def _config_class(command: str) -> type:
+    """The typed config of a workflow command (:data:`TYPED_COMMANDS`)."""
+    from granite_train.workflows.add_language_config import AddLanguageConfig
+    from granite_train.workflows.data_check import DataCheckConfig
+    from granite_train.workflows.demo_config import DemoConfig
+    from granite_train.workflows.finetune_config import FinetuneConfig
+
+    classes = {"demo": DemoConfig, "finetune": FinetuneConfig, "add-language": AddLanguageConfig}
+    return {**classes, "data-check": DataCheckConfig}[command]
+
+
+def _typed_config(command: str, cfg: DictConfig) -> Any:
+    """``cfg`` as the command's typed config, every key and value checked before anything runs;
+    exit 2 with what is wrong (an unknown key: where it came from, the closest and the valid keys)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from granite_train.workflows.command_config import load_command_config
+
+    hydra_cfg = HydraConfig.get()
+    try:
+        return load_command_config(
+            _config_class(command), cfg, _config_file(hydra_cfg), list(hydra_cfg.overrides.task)
+        )
+    except ValueError as err:  # ConfigKeyError and MissingRecipeValueError are ValueErrors
+        _fail(command, err)
+
+
+def _settable(args: list[str]) -> list[str]:
+    """A workflow command's ``key=value`` arguments as ``++key=value``.
+
+    A field's default lives in the command's dataclass, not in its YAML, so ``steps=6`` must be
+    settable though the file does not name ``steps``; a misspelt key then reaches the typed check,
+    which names it, its origin and the valid keys. Hydra's own keys (``hydra.*``, ``paths.*``) and
+    flags are left to Hydra, which refuses an unknown one itself.
+    """
+    out = []
+    for arg in args:
+        key = arg.partition("=")[0]
+        own = (
+            "=" in arg and not arg.startswith(("-", "+", "~")) and key.split(".")[0] not in ("hydra", "paths")
+        )
+        out.append(f"++{arg}" if own else arg)
+    return out
+
+
 def demo(cfg: DictConfig) -> None:
     """End to end on CPU: corpus -> stage 1 -> stage 2 -> export -> transformers reload -> results."""
     from granite_train.demo import run_demo
 
-    table = run_demo(_container(cfg))
+    config = _typed_config("demo", cfg)
+    table = run_demo(config)
     print("\n" + table)
-    print(f"\nresults in {cfg.demo.work_dir}/results.md")
+    print(f"\nresults in {config.demo.work_dir}/results.md")
 
 
 def finetune(cfg: DictConfig) -> None:
     """Fine-tune a released checkpoint on your audio: held-out split, before/after WER, replay."""
     from granite_train.finetune import run_finetune
 
-    table = run_finetune(_container(cfg))
+    config = _typed_config("finetune", cfg)
+    table = run_finetune(config)
     print("\n" + table)
-    print(f"results in {cfg.output_dir}/results.md")
+    print(f"results in {config.output_dir}/{'data_check' if config.check else 'results'}.md")
+
+
+def data_check(cfg: DictConfig) -> None:
+    """Read your data once (audio headers): usable hours, skips with the fix, the held-out split."""
+    from granite_train.workflows.data_check import run_data_check
+
+    config = _typed_config("data-check", cfg)
+    print(run_data_check(config))
+    print(f"report in {config.output_dir}/data_check.md and data_check.json")
 
 
 def add_language(cfg: DictConfig) -> None:
     """Add a language: coverage -> CTC vocabulary -> data -> stage 1 (+ 2) -> eval, resumable."""
     from granite_train.add_language import run_add_language
 
-    table = run_add_language(_container(cfg))
+    config = _typed_config("add-language", cfg)
+    table = run_add_language(config)
     print("\n" + table)
-    print(f"results in {cfg.output_dir}/results.md")
+    print(f"results in {config.output_dir}/results.md")
 
 
 def data_demo(cfg: DictConfig) -> None:
@@ -161,11 +233,10 @@ def export(cfg: DictConfig) -> None:
 
 def coverage(cfg: DictConfig) -> None:
     """How a new language's text fits the CTC vocabulary and the LLM tokenizer; what to add."""
-    import json
-
     from hydra.core.hydra_config import HydraConfig
 
     from granite_train.text.coverage import coverage_report, read_lines
+    from granite_train.workflows.coverage_files import write_coverage_report
 
     try:
         lines = read_lines(cfg.sample, cfg.max_lines)
@@ -183,17 +254,10 @@ def coverage(cfg: DictConfig) -> None:
             sample_name=str(cfg.sample),
         )
     except (OSError, ValueError) as err:
-        print(f"granite-train coverage: {err}", file=sys.stderr)
-        sys.exit(2)
-    out = Path(cfg.output_dir or HydraConfig.get().runtime.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    markdown = report.to_markdown()
-    (out / "coverage.md").write_text(markdown, encoding="utf-8")
-    (out / "coverage.json").write_text(
-        json.dumps(report.to_json(), indent=2, ensure_ascii=False), encoding="utf-8"
-    )
-    print(markdown)
-    print(f"report in {out}/coverage.md and coverage.json")
+        _fail("coverage", err)
+    markdown, data = write_coverage_report(report, cfg.output_dir or HydraConfig.get().runtime.output_dir)
+    print(report.to_markdown())
+    print(f"report in {markdown} and {data.name}")
 
 
 def extend_vocab(cfg: DictConfig) -> None:
@@ -267,6 +331,9 @@ def plan(cfg: DictConfig) -> None:
     print(f"\nplan written to {write_plan(result, output)}")
 
 
+TYPED_COMMANDS = ("demo", "finetune", "add-language", "data-check")
+"""Commands whose config is a typed dataclass (:mod:`granite_train.workflows`): every key checked."""
+
 COMMANDS: dict[str, tuple[str, Callable[[DictConfig], None]]] = {
     "demo": ("demo", demo),
     "data-demo": ("data_demo", data_demo),
@@ -275,6 +342,7 @@ COMMANDS: dict[str, tuple[str, Callable[[DictConfig], None]]] = {
     "export": ("export", export),
     "train": ("", train),  # the config is the recipe named on the command line
     "finetune": ("finetune", finetune),
+    "data-check": ("data_check", data_check),
     "add-language": ("add_language", add_language),
     "plan": ("plan", plan),
     "coverage": ("coverage", coverage),
@@ -287,6 +355,27 @@ def _usage() -> str:
     lines += [f"  {name:<14}{fn.__doc__.strip().splitlines()[0]}" for name, (_, fn) in COMMANDS.items()]
     lines += ["", "Per-command help and config: granite-train <command> --help | --cfg job"]
     return "\n".join(lines)
+
+
+def _stops_on_data_errors(command: str, task: Callable[[DictConfig], None]) -> Callable[[DictConfig], None]:
+    """``task`` exiting with the message alone (exit 2) on a :class:`DataError`: bad data is the
+    user's to fix, and a traceback (or a DataLoader worker's, wrapped around it) hides the fix."""
+    import functools
+
+    from granite_train.data.errors import data_error_message
+
+    @functools.wraps(task)
+    def run(cfg: DictConfig) -> None:
+        try:
+            task(cfg)
+        except Exception as err:  # noqa: BLE001 - only data errors are turned into a message
+            message = data_error_message(err)
+            if message is None:
+                raise
+            print(f"granite-train {command}: {message}", file=sys.stderr, flush=True)
+            sys.exit(2)
+
+    return run
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -302,8 +391,14 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     config_name, task = COMMANDS[command]
     config_dir = CONFIG_DIR
-    if command == "finetune":  # `model=` / `data=` would select config groups: they name paths here
+    if command in ("finetune", "data-check"):  # `model=` / `data=` would pick config groups: they name paths
         rest = [re.sub(r"^(model|data)=", r"\1_path=", a) for a in rest]
+    if command in TYPED_COMMANDS:
+        rest = _settable(rest)
+        if "--help" in rest or "-h" in rest:  # the YAML names few keys: every key and its meaning first
+            from granite_train.workflows.command_config import describe
+
+            print(describe(_config_class(command)))
     if command == "plan":
         global _PLAN_OVERRIDES
         rest, _PLAN_OVERRIDES = _plan_arguments(rest)
@@ -316,6 +411,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s %(levelname)s] %(message)s")
     # Hydra parses sys.argv itself: hand it the overrides only, and our name for its messages.
     sys.argv = [f"granite-train {command}", *rest]
+    task = _stops_on_data_errors(command, task)
     hydra.main(version_base="1.3", config_path=str(config_dir), config_name=config_name)(task)()
 
 

@@ -8,13 +8,15 @@ system at CPU scale. Phases are timed and summarised in ``<work_dir>/results.md`
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from granite_train.typed_config import from_mapping
+from granite_train.workflows.demo_config import DemoConfig
 
 log = logging.getLogger(__name__)
 
@@ -101,74 +103,76 @@ def generate_demo_corpus(demo: Mapping[str, Any], corpus_dir: str | Path, seed: 
     return summaries
 
 
-def run_demo(cfg: Mapping[str, Any]) -> str:
-    """Run every phase of the demo (``cfg`` is the resolved ``configs/demo.yaml``); returns the table."""
+def run_demo(config: DemoConfig | Mapping[str, Any]) -> str:
+    """Run every phase of the demo; returns the table.
+
+    ``config``: a :class:`DemoConfig`, or its fields as a mapping (checked key by key).
+    """
     from data_prep.base_llm import build_base_llm, corpus_texts
     from data_prep.tts.generate import generate_corpus
-    from granite_train.eval.generate import run_generate_eval
-    from granite_train.eval.run import run_eval
+    from granite_train.data.sources import SourceSpec
+    from granite_train.eval.settings import EvalSettings
     from granite_train.recipes import load_recipe
     from granite_train.training.run import train
+    from granite_train.workflows.before_after import Scoring, write_results
 
-    demo = dict(cfg["demo"])
-    seed = int(cfg.get("seed", 0))
-    work = Path(demo["work_dir"]).resolve()
+    config = from_mapping(DemoConfig, config)
+    demo, seed = config.demo, config.seed
+    work = Path(demo.work_dir).resolve()
     corpus = work / "corpus" / "tts_en"
-    test_set = {"name": "tts_en_test", "path": str(corpus), "split": "test", "language": "en"}
     paths = [f"paths.work_dir={work}", f"seed={seed}"]
     timer = _Timer()
     total_start = time.perf_counter()
 
     with timer.phase("corpus"):
         summary = generate_corpus(
-            {"en": demo["texts"]},
+            {"en": demo.texts},
             corpus,
             backend="espeak",
             seed=seed,
-            test_fraction=float(demo["test_fraction"]),
-            max_sentences_per_language=demo.get("max_sentences"),
-            shard_size=int(demo["shard_size"]),
-            num_workers=demo.get("tts_workers"),
+            test_fraction=demo.test_fraction,
+            max_sentences_per_language=demo.max_sentences,
+            shard_size=demo.shard_size,
+            num_workers=demo.tts_workers,
         )
     hours = summary.audio_seconds / 3600
+    # built once the corpus exists: a SourceSpec reads its kind from what is at the path
+    test_set = SourceSpec("tts_en_test", str(corpus), split="test", language="en")
 
     with timer.phase("stage 1: CTC encoder"):
-        stage1 = train(load_recipe(demo["stage1_recipe"], [*paths, *demo["stage1_overrides"]]))
+        stage1 = train(load_recipe(demo.stage1_recipe, [*paths, *demo.stage1_overrides]))
     encoder_dir = stage1.output_dir / "encoder_hf"
     with timer.phase("stage 1: eval"):
-        ctc_results, _ = run_eval(encoder_dir, [test_set], stage1.output_dir / "eval", normalizer="basic")
-    ctc = ctc_results[0]
+        scoring = Scoring("encoder (greedy CTC)", "stage1", "ctc", EvalSettings(normalizer="basic"))
+        (ctc,) = scoring.run(encoder_dir, [test_set], stage1.output_dir / "eval")
 
     llm_dir = work / "llm" / "tiny_en"
     with timer.phase("tiny LLM + tokenizer"):
-        llm = dict(demo["llm"])  # a *base* LLM knows the language and can copy from its context
+        llm = demo.llm  # a *base* LLM knows the language and can copy from its context
         build_base_llm(
             llm_dir,
             corpus_texts(corpus),
-            llm["preset"],
-            int(llm["vocab_size"]),
+            llm.preset,
+            llm.vocab_size,
             seed=seed,
-            pretrain_steps=int(llm.get("pretrain_steps", 0)),
-            copy_share=float(llm.get("copy_share", 0.0)),
-            batch_size=int(llm.get("batch_size", 64)),
+            pretrain_steps=llm.pretrain_steps,
+            copy_share=llm.copy_share,
+            batch_size=llm.batch_size,
         )
 
-    overrides = [*paths, f"model.encoder={encoder_dir}", f"model.llm={llm_dir}", *demo["stage2_overrides"]]
+    overrides = [*paths, f"model.encoder={encoder_dir}", f"model.llm={llm_dir}", *demo.stage2_overrides]
     with timer.phase("stage 2: Q-Former + LLM"):
-        stage2 = train(load_recipe(demo["stage2_recipe"], overrides))
+        stage2 = train(load_recipe(demo.stage2_recipe, overrides))
     export_dir = stage2.output_dir / "speech_llm_hf"
     with timer.phase("stage 2: eval"):
-        gen_results, _ = run_generate_eval(
-            export_dir,
-            [test_set],
-            stage2.output_dir / "eval",
-            max_new_tokens=int(demo["eval_max_new_tokens"]),
+        settings = EvalSettings(max_new_tokens=demo.eval_max_new_tokens)
+        (gen,) = Scoring("speech LLM", "stage2", "generate", settings).run(
+            export_dir, [test_set], stage2.output_dir / "eval"
         )
-    gen = gen_results[0]
 
     with timer.phase("reload export with plain transformers"):
         utt_id, reference, wave = _first_test_utterance(corpus)
-        hypothesis = transcribe_with_transformers(export_dir, wave, int(demo["eval_max_new_tokens"]))
+        hypothesis = transcribe_with_transformers(export_dir, wave, demo.eval_max_new_tokens)
     print(f"[demo] {utt_id}\n  reference:  {reference}\n  transformers: {hypothesis}", flush=True)
 
     total = time.perf_counter() - total_start
@@ -203,17 +207,17 @@ def run_demo(cfg: Mapping[str, Any]) -> str:
     table = "| phase | result | wall time |\n|---|---|---|\n" + "\n".join(
         f"| {name} | {result} | {seconds / 60:.1f} min |" for name, result, seconds in rows
     )
-    (work / "results.md").write_text(f"# granite-train demo\n\n{table}\n")
-    (work / "results.json").write_text(
-        json.dumps(
-            {
-                "phases_s": timer.phases,
-                "total_s": total,
-                "stage1": {"cer": ctc.cer, "wer": ctc.wer, "rtfx": ctc.rtfx},
-                "stage2": {"wer": gen.wer, "cer": gen.cer, "rtfx": gen.rtfx},
-                "transformers_reload": {"id": utt_id, "reference": reference, "hypothesis": hypothesis},
-            },
-            indent=2,
-        )
+    write_results(
+        work,
+        title="granite-train demo",
+        intro="",
+        table=table,
+        payload={
+            "phases_s": timer.phases,
+            "total_s": total,
+            "stage1": {"cer": ctc.cer, "wer": ctc.wer, "rtfx": ctc.rtfx},
+            "stage2": {"wer": gen.wer, "cer": gen.cer, "rtfx": gen.rtfx},
+            "transformers_reload": {"id": utt_id, "reference": reference, "hypothesis": hypothesis},
+        },
     )
     return table

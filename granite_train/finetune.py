@@ -1,154 +1,137 @@
 """``granite-train finetune``: a released checkpoint fine-tuned on your audio, scored before and after.
 
-The steps (``configs/finetune.yaml``): the held-out split (given, or made from the data: by
-speaker when known, else by recording) and an optional general-domain regression set are scored
-with the released model; ``recipes/speech_llm_finetune.yaml`` trains on the rest (plus a replay
-share of general-domain data, if asked); the export is scored on the same sets; a table compares
-the two (``results.md`` / ``results.json`` under ``output_dir``; the training curves are in
-``train/curves.png``).
+The steps (:class:`~granite_train.workflows.finetune_config.FinetuneConfig`, ``configs/finetune.yaml``):
+the held-out split (given, or made from the data: by speaker when known, else by recording) and an
+optional general-domain regression set are scored with the released model;
+``recipes/speech_llm_finetune.yaml`` trains on the rest (plus a replay share of general-domain data,
+if asked); the export is scored on the same sets; a table compares the two (``results.md`` /
+``results.json`` under ``output_dir``, written by the shared core
+:mod:`granite_train.workflows.before_after`; the training curves are in ``train/curves.png``).
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from granite_train.data.check import DataCheck
+from granite_train.data.holdout import HoldoutPlan
+from granite_train.data.prepare import PrepareConfig
+from granite_train.data.sources import SourceSpec
+from granite_train.typed_config import from_mapping
+from granite_train.workflows.finetune_config import TRAINS, FinetuneConfig
+
 log = logging.getLogger(__name__)
 
-# what trains, by name: model.train flags and whether a LoRA adapter is added
-TRAINS: dict[str, tuple[dict[str, bool], bool]] = {
-    "projector_lora": ({"projector": True, "lora": True, "llm": False, "encoder": False}, True),
-    "lora": ({"projector": False, "lora": True, "llm": False, "encoder": False}, True),
-    "projector": ({"projector": True, "lora": False, "llm": False, "encoder": False}, False),
-    "llm": ({"projector": True, "lora": False, "llm": True, "encoder": False}, False),
-    # + the top `encoder_layers` conformer layers and the CTC head, with the encoder CTC as an auxiliary
-    "encoder_top": ({"projector": True, "lora": True, "llm": False, "encoder": False}, True),
-}
+EXPORT = "speech_llm_hf"
+"""The training run's export folder: what is scored after training."""
 
 
-def _source(name: str, path: str, split: str, language: str, **extra: Any) -> dict[str, Any]:
-    source = {"name": name, "path": str(path), "split": split, "language": language, "task": "asr"}
+@dataclass
+class FinetuneSources:
+    """What fine-tuning reads: the training sources (your data minus the held-out split, plus
+    replay) and the test sets (the held-out split, plus the regression set)."""
+
+    train: list[SourceSpec]
+    tests: list[SourceSpec]
+
+
+def _source(name: str, path: str, split: str, language: str, **extra: Any) -> SourceSpec:
     # a local folder or manifest usually has no id column; the audio path is the id then
-    if Path(str(path)).exists():
-        source["id_column"] = None
-    return {**source, **extra}
+    local = {"id_column": None} if Path(path).exists() else {}
+    return SourceSpec(name=name, path=str(path), split=split, language=language, task="asr", **local, **extra)
 
 
-def finetune_sources(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """Training sources (your data, minus the held-out split, plus replay) and test sets."""
-    language = cfg["language"]
-    share = float(cfg.get("replay_share") or 0.0)
-    if not 0.0 <= share < 1.0:
-        raise ValueError(f"replay_share must be in [0, 1), got {share}")
-    if share > 0 and not cfg.get("replay"):
-        raise ValueError("replay_share > 0 needs `replay` (general-domain data to mix in)")
-    holdout: dict[str, Any] = {}
-    if not cfg.get("eval_data"):
-        holdout = {
-            "holdout_share": float(cfg["holdout_share"]),
-            "holdout_speakers": list(cfg["holdout_speakers"]),
-        }
-    mine = _source("mine", cfg["data_path"], cfg["data_split"], language, weight=1.0 - share,
-                   **({"holdout": "exclude", **holdout} if holdout else {}))  # fmt: skip
-    train = [mine]
-    if share > 0:
-        train.append(
-            _source("replay", cfg["replay"], "train", cfg.get("regression_language", "en"), weight=share)
-        )
-    if cfg.get("eval_data"):
-        heldout = _source("heldout", cfg["eval_data"], "test", language)
-    else:
-        heldout = _source("heldout", cfg["data_path"], cfg["data_split"], language, holdout="only", **holdout)
-    tests = [heldout]
-    if cfg.get("regression"):
-        tests.append(_source("regression", cfg["regression"], "test", cfg.get("regression_language", "en")))
-    return {"train": train, "tests": tests}
-
-
-def recipe_overrides(cfg: Mapping[str, Any], train_sources: list[dict], output_dir: Path) -> list[str]:
-    """The ``speech_llm_finetune`` overrides the finetune settings stand for."""
-    import torch
-
-    from granite_train.recipes import override_value
-
-    trains = cfg["trains"]
-    if trains not in TRAINS:
-        raise ValueError(f"trains must be one of {sorted(TRAINS)}, got {trains!r}")
-    flags, lora = TRAINS[trains]
-    steps = int(cfg["steps"])
-    warmup = cfg.get("warmup_steps")
-    warmup = max(1, steps // 10) if warmup is None else int(warmup)
-    trainer = ["trainer=gpu"] if torch.cuda.is_available() else ["trainer=cpu", "trainer.precision=auto"]
-    out = [
-        *trainer,
-        f"name={cfg['name']}",
-        f"output_dir={output_dir}",
-        f"model.init={cfg['model_path']}",
-        "model.train={"
-        + ", ".join(f"{k}: {str(v).lower()}" for k, v in flags.items())
-        + (f", encoder_layers: {int(cfg.get('encoder_layers') or 2)}" if trains == "encoder_top" else "")
-        + "}",
-        f"model.lora={{rank: {int(cfg['lora_rank'])}, alpha: {int(cfg['lora_rank'])}}}"
-        if lora
-        else "model.lora=null",
-        f"trainer.max_steps={steps}",
-        f"trainer.checkpoint_every_n_steps={steps}",
-        "trainer.val_every_n_steps=null",  # scored before and after instead
-        f"optim.schedule.warmup_steps={warmup}",
-        f"data.train.max_frames={int(cfg['max_frames'])}",
-        "data.train.sources=" + override_value(train_sources),
-        f"export.merge_lora={str(bool(cfg.get('merge_lora', True))).lower()}",
-        # the LoRA alone for vLLM's --enable-lora: valid when nothing else trained
-        f"export.lora_adapter={str(trains == 'lora').lower()}",
-    ]
-    if cfg.get("gradient_checkpointing"):
-        out.append("model.gradient_checkpointing={llm: true, encoder: true}")
-    if trains == "encoder_top":  # the CTC head stays valid: the encoder's own CTC as an auxiliary
-        out += [
-            f"model.loss.encoder_ctc_weight={float(cfg.get('encoder_ctc_weight') or 0.2)}",
-            "data.train.prepare.ctc_targets=true",
-            f"data.train.lowercase={str(bool(cfg.get('ctc_lowercase'))).lower()}",
-            f"data.train.strip_punctuation={str(bool(cfg.get('ctc_lowercase'))).lower()}",
-        ]
-    if cfg.get("lr") is not None:
-        out.append(f"optim.lr={float(cfg['lr'])}")
-    return out + list(cfg.get("overrides") or [])
-
-
-def _row(name: str, before: Any, after: Any) -> dict[str, Any]:
+def _columns(config: FinetuneConfig) -> dict[str, Any]:
+    """How your data names its columns, and its manifest encoding."""
     return {
-        "test set": name,
-        "utterances": after.num_utts,
-        "wer_before": before.wer,
-        "wer_after": after.wer,
-        "cer_before": before.cer,
-        "cer_after": after.cer,
-        "rtfx_after": after.rtfx,
+        "text_column": config.text_column,
+        "audio_column": config.audio_column,
+        "speaker_column": config.speaker_column,
+        "encoding": config.encoding,
     }
 
 
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.2f}"
+def your_data(config: FinetuneConfig) -> SourceSpec:
+    """Your data as one source, every record (what the data check reads and the split is made of)."""
+    return _source("mine", config.data_path, config.data_split, config.language, **_columns(config))
 
 
-def results_markdown(rows: list[dict[str, Any]]) -> str:
-    lines = [
-        "| test set | utterances | WER before % | WER after % | change (points) | CER before % | CER after % |",
-        "|---|---|---|---|---|---|---|",
+def finetune_sources(config: FinetuneConfig, plan: HoldoutPlan | None = None) -> FinetuneSources:
+    """Training sources (your data, minus the held-out split, plus replay) and test sets.
+
+    ``plan``: the held-out split chosen from the checked data (:func:`holdout_plan`); without it
+    (and without ``eval_data``) each record is placed by a hash of its speaker or recording.
+    """
+    share, yours = config.replay_share, (config.data_path, config.data_split, config.language)
+    columns = _columns(config)
+    if plan is not None and not config.eval_data:
+        mine = dataclasses.replace(your_data(config), weight=1.0 - share)
+        train, heldout = [plan.apply(mine, "exclude")], plan.apply(your_data(config), "only")
+        heldout = dataclasses.replace(heldout, name="heldout")
+    else:
+        # without eval_data the held-out split is made from your data: both sides name it alike
+        split = {} if config.eval_data else {"holdout_share": config.holdout_share,
+                                             "holdout_speakers": list(config.holdout_speakers)}  # fmt: skip
+        exclude = {"holdout": "exclude", **split} if split else {}
+        train = [_source("mine", *yours, weight=1.0 - share, **exclude, **columns)]
+        heldout = _source("heldout", *yours, holdout="only", **split, **columns)
+    if share > 0:
+        train.append(_source("replay", config.replay, "train", config.regression_language, weight=share))
+    if config.eval_data:
+        tests = [_source("heldout", config.eval_data, "test", config.language, **columns)]
+    else:
+        tests = [heldout]
+    if config.regression:
+        tests.append(_source("regression", config.regression, "test", config.regression_language))
+    return FinetuneSources(train=train, tests=tests)
+
+
+def recipe_overrides(config: FinetuneConfig, train_sources: list[SourceSpec], output_dir: Path) -> list[str]:
+    """The ``speech_llm_finetune`` overrides the finetune settings stand for."""
+    from granite_train.workflows.recipe_overrides import device_trainer_overrides, sources_override
+
+    encoder_top = config.trains == "encoder_top"
+    train = {**config.trained_parts, **({"encoder_layers": config.encoder_layers} if encoder_top else {})}
+    out = [
+        *device_trainer_overrides(),
+        f"name={config.name}",
+        f"output_dir={output_dir}",
+        f"model.init={config.model_path}",
+        "model.train={" + ", ".join(f"{k}: {str(v).lower()}" for k, v in train.items()) + "}",
+        f"model.lora={{rank: {config.lora_rank}, alpha: {config.lora_rank}}}"
+        if config.adds_lora
+        else "model.lora=null",
+        f"trainer.max_steps={config.steps}",
+        f"trainer.checkpoint_every_n_steps={config.steps}",
+        "trainer.val_every_n_steps=null",  # scored before and after instead
+        f"optim.schedule.warmup_steps={config.warmup}",
+        f"data.train.max_frames={config.max_frames}",
+        sources_override("data.train.sources", train_sources),
+        f"export.merge_lora={str(config.merge_lora).lower()}",
+        # the LoRA alone for vLLM's --enable-lora: valid when nothing else trained
+        f"export.lora_adapter={str(config.trains == 'lora').lower()}",
     ]
-    for r in rows:
-        change = "-" if r["wer_before"] is None else f"{100 * (r['wer_after'] - r['wer_before']):+.2f}"
-        lines.append(
-            f"| {r['test set']} | {r['utterances']} | {_pct(r['wer_before'])} | {_pct(r['wer_after'])} | "
-            f"{change} | {_pct(r['cer_before'])} | {_pct(r['cer_after'])} |"
-        )
-    return "\n".join(lines) + "\n"
+    if config.gradient_checkpointing:
+        out.append("model.gradient_checkpointing={llm: true, encoder: true}")
+    if encoder_top:  # the CTC head stays valid: the encoder's own CTC as an auxiliary
+        lowercase = str(config.ctc_lowercase).lower()
+        out += [
+            f"model.loss.encoder_ctc_weight={float(config.encoder_ctc_weight)}",
+            "data.train.prepare.ctc_targets=true",
+            f"data.train.lowercase={lowercase}",
+            f"data.train.strip_punctuation={lowercase}",
+        ]
+    if config.lr is not None:
+        out.append(f"optim.lr={float(config.lr)}")
+    return out + list(config.overrides)
 
 
-def serving_note(cfg: Mapping[str, Any], export: Path, run_dir: Path) -> str:
+def serving_note(config: FinetuneConfig, export: Path, run_dir: Path) -> str:
     """How to serve the result: the merged folder always; the LoRA alone when only it trained."""
     lines = [
         "## Serving",
@@ -158,70 +141,135 @@ def serving_note(cfg: Mapping[str, Any], export: Path, run_dir: Path) -> str:
     adapter = run_dir / "speech_llm_lora"
     if (adapter / "adapter_config.json").exists():
         lines.append(
-            f"- the LoRA alone on the released model: `vllm serve {cfg['model_path']} --enable-lora "
-            f"--max-lora-rank {int(cfg['lora_rank'])} --lora-modules finetuned={adapter}`"
+            f"- the LoRA alone on the released model: `vllm serve {config.model_path} --enable-lora "
+            f"--max-lora-rank {config.lora_rank} --lora-modules finetuned={adapter}`"
         )
     else:
         lines.append(
-            f"- no LoRA-only adapter: trains={cfg['trains']} changes more than the LLM's LoRA, and vLLM "
+            f"- no LoRA-only adapter: trains={config.trains} changes more than the LLM's LoRA, and vLLM "
             "serves a LoRA on the LLM only (trains=lora gives one)"
         )
     return "\n".join(lines) + "\n"
 
 
-def run_finetune(cfg: Mapping[str, Any]) -> str:
-    """Run the whole job (``cfg`` is the resolved ``configs/finetune.yaml``); returns the table."""
-    from granite_train.eval.generate import run_generate_eval
+def _summary(config: FinetuneConfig, steps: int, export: Path, run_dir: Path) -> str:
+    """The line under the title: what trained on what, and where the results are."""
+    trained = ", ".join(k for k, v in config.trained_parts.items() if v)
+    if config.trains == "encoder_top":
+        trained += f", the top {config.encoder_layers} encoder layers + CTC head"
+    return (
+        f"{steps} steps on `{config.data_path}` (trains: {config.trains}: {trained}; "
+        f"replay share {config.replay_share:.2f}); export: `{export}`; curves: `{run_dir / 'curves.png'}`"
+    )
+
+
+def check_data(config: FinetuneConfig, prepare: PrepareConfig) -> tuple[DataCheck, HoldoutPlan | None]:
+    """Every record of your data (and of the replay, eval and regression sets) read once, from
+    the audio headers, the report printed; then the held-out split chosen from the usable records.
+
+    Raises :class:`~granite_train.data.errors.DataError` when a set has nothing usable or the split
+    cannot be made: in seconds, before a model is loaded.
+    """
+    from granite_train.data.check import check_sources
+    from granite_train.data.holdout import choose_holdout
+
+    specs = [your_data(config)]
+    if config.replay_share > 0:
+        specs.append(_source("replay", config.replay, "train", config.regression_language))
+    if config.eval_data:
+        specs.append(_source("heldout", config.eval_data, "test", config.language, **_columns(config)))
+    if config.regression:
+        specs.append(_source("regression", config.regression, "test", config.regression_language))
+    print(f"[finetune] checking the data: {', '.join(f'{s.name} ({s.path})' for s in specs)}", flush=True)
+    check = check_sources(specs, prepare)
+    print(check.to_markdown(), flush=True)
+    check.raise_if_unusable()
+    plan = None
+    if not config.eval_data:
+        speakers, share = list(config.holdout_speakers), config.holdout_share
+        plan = choose_holdout(check.sources[0], speakers, share, config.min_heldout_utterances)
+        print(f"[finetune] {plan.format()}", flush=True)
+    return check, plan
+
+
+def _data_report(check: DataCheck, plan: HoldoutPlan | None, counters: Mapping[str, float] | None) -> str:
+    """``results.md``'s data section: the check, the split, and (``counters`` of the training run
+    given) what training skipped."""
+    from granite_train.training.run import skipped_summary
+
+    lines = ["Every record read once before training (audio headers):", "", check.to_markdown()]
+    if plan is not None:
+        lines += [plan.format(), ""]
+    if counters is not None:
+        skipped = skipped_summary(counters)
+        lines += ["During training: " + ("" if skipped else "nothing skipped or repaired."), *skipped[1:]]
+    return "\n".join(lines) + "\n"
+
+
+def run_finetune(config: FinetuneConfig | Mapping[str, Any]) -> str:
+    """Run the whole job; returns the results table.
+
+    ``config``: a :class:`FinetuneConfig`, or its fields as a mapping (checked key by key).
+    """
+    from granite_train.data.builders import build_pipeline_config
     from granite_train.eval.settings import EvalSettings
     from granite_train.recipes import load_recipe
     from granite_train.training.run import train
-
-    out = Path(cfg["output_dir"]).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    sources = finetune_sources(cfg)
-    settings = EvalSettings(num_beams=int(cfg["num_beams"]), max_new_tokens=int(cfg["max_new_tokens"]))
-    recipe = load_recipe("speech_llm_finetune", recipe_overrides(cfg, sources["train"], out / "train"))
-
-    print(f"[finetune] scoring the released model {cfg['model_path']} first", flush=True)
-    before, _ = run_generate_eval(cfg["model_path"], sources["tests"], out / "eval_before", settings)
-    result = train(recipe)
-    export = result.output_dir / "speech_llm_hf"
-    print(f"[finetune] scoring the fine-tuned export {export}", flush=True)
-    after, _ = run_generate_eval(export, sources["tests"], out / "eval_after", settings)
-
-    rows = [_row(b.name, b, a) for b, a in zip(before, after)]
-    table = results_markdown(rows)
-    trained = TRAINS[cfg["trains"]][0]
-    top_layers = ""
-    if cfg["trains"] == "encoder_top":
-        top_layers = f", the top {int(cfg.get('encoder_layers') or 2)} encoder layers + CTC head"
-    header = (
-        f"# Fine-tuning {cfg['model_path']}\n\n{result.global_step} steps on `{cfg['data_path']}` "
-        f"(trains: {cfg['trains']}: {', '.join(k for k, v in trained.items() if v)}{top_layers}; "
-        f"replay share {float(cfg.get('replay_share') or 0):.2f}); export: `{export}`; "
-        f"curves: `{result.output_dir / 'curves.png'}`\n\n"
+    from granite_train.workflows.before_after import (
+        Scoring,
+        comparison_table,
+        score_train_score,
+        write_results,
     )
-    (out / "results.md").write_text(header + table + "\n" + serving_note(cfg, export, result.output_dir))
-    (out / "results.json").write_text(
-        json.dumps(
-            {
-                "model": str(cfg["model_path"]),
-                "export": str(export),
-                "steps": result.global_step,
-                "counters": result.counters,
-                "results": rows,
-            },
-            indent=2,
-        )  # fmt: skip
+
+    config = from_mapping(FinetuneConfig, config)
+    out = Path(config.output_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    # the recipe as composed decides what a usable record is (durations, text): check against it
+    draft = load_recipe(
+        "speech_llm_finetune", recipe_overrides(config, finetune_sources(config).train, out / "train")
+    )
+    check, plan = check_data(config, build_pipeline_config(draft["data"]["train"], "data.train").prepare)
+    if config.check:
+        report = _data_report(check, plan, None)
+        (out / "data_check.md").write_text(report)
+        return report
+    sources = finetune_sources(config, plan)
+    recipe = load_recipe("speech_llm_finetune", recipe_overrides(config, sources.train, out / "train"))
+    settings = EvalSettings(num_beams=config.num_beams, max_new_tokens=config.max_new_tokens)
+    scoring = Scoring(label="speech LLM", key="eval", decoder="generate", settings=settings)
+
+    done = score_train_score(
+        scoring, config.model_path, sources.tests, out, lambda: train(recipe), EXPORT, tag="finetune"
+    )
+    table = comparison_table(done.rows)
+    run_dir = done.trained.output_dir
+    write_results(
+        out,
+        title=f"Fine-tuning {config.model_path}",
+        intro=_summary(config, done.trained.global_step, done.export, run_dir),
+        table=table,
+        payload={
+            "model": str(config.model_path),
+            "export": str(done.export),
+            "steps": done.trained.global_step,
+            "counters": done.trained.counters,
+            "results": [row.to_json() for row in done.rows],
+        },
+        sections=[serving_note(config, done.export, run_dir)],
+        data_report=_data_report(check, plan, done.trained.counters),
+        data_counts={"check": check.to_json(), "heldout_split": dataclasses.asdict(plan) if plan else None},
     )
     return table
 
 
 __all__ = [
+    "EXPORT",
     "TRAINS",
+    "FinetuneConfig",
+    "FinetuneSources",
     "finetune_sources",
     "recipe_overrides",
-    "results_markdown",
     "run_finetune",
     "serving_note",
 ]

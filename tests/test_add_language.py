@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,41 +16,56 @@ import torch
 from data_prep.base_llm import corpus_texts
 from granite_train.add_language import (
     OLD_LAYER_PARAMETERS,
+    AddLanguageConfig,
     longest_target_tokens,
     stage1_overrides,
     target_budget_override,
     texts_path,
     training_sources,
 )
+from granite_train.data.sources import SourceSpec
 from granite_train.recipes import load_recipe
 from granite_train.training.config import load_recipe_config
+from granite_train.typed_config import ConfigKeyError, from_mapping
+from granite_train.workflows.add_language_config import AddLanguageStage1
 from tests.corpus import make_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
-CFG = {"language": "el", "old_corpus": "/data/en", "old_language": "en", "lowercase": True,
-       "strip_punctuation": True, "stage1": {"recipe": "ctc_tiny_en", "steps": 40}}  # fmt: skip
+CFG = AddLanguageConfig(language="el", encoder="enc", old_corpus="/data/en", reference="en.txt", output_dir="out",
+                        stage1=AddLanguageStage1(recipe="ctc_tiny_en", steps=40))  # fmt: skip
 
 
 def test_replay_share_sets_the_mixture_weights():
-    cfg = {**CFG, "replay_share": 0.3, "extra_sources": [{"name": "mine", "path": "/x", "weight": 3.0}]}
-    sources = {s["name"]: s for s in training_sources(cfg, Path("/c"))}
-    assert sources["replay"]["weight"] == pytest.approx(0.3) and sources["replay"]["language"] == "en"
-    assert sources["new_el"]["weight"] == pytest.approx(0.7 * 1 / 4)  # the new side: 1 : 3
-    assert sources["mine"]["weight"] == pytest.approx(0.7 * 3 / 4) and sources["mine"]["language"] == "el"
-    without = training_sources({**CFG, "replay_share": 0.0}, Path("/c"))
-    assert [s["name"] for s in without] == ["new_el"] and without[0]["weight"] == 1.0
+    cfg = replace(CFG, replay_share=0.3, extra_sources=[{"name": "mine", "path": "/x", "weight": 3.0}])
+    sources = {s.name: s for s in training_sources(cfg, Path("/c"))}
+    assert sources["replay"].weight == pytest.approx(0.3) and sources["replay"].language == "en"
+    assert sources["new_el"].weight == pytest.approx(0.7 * 1 / 4)  # the new side: 1 : 3
+    assert sources["mine"].weight == pytest.approx(0.7 * 3 / 4) and sources["mine"].language == "el"
+    without = training_sources(replace(CFG, replay_share=0.0), Path("/c"))
+    assert [s.name for s in without] == ["new_el"] and without[0].weight == 1.0
     with pytest.raises(ValueError, match=r"replay_share must be in \[0, 1\), got 1.0"):
-        training_sources({**CFG, "replay_share": 1.0}, Path("/c"))
+        replace(CFG, replay_share=1.0)
+
+
+def test_extra_sources_are_source_specs_with_their_keys_checked():
+    cfg = replace(CFG, extra_sources=[{"path": "/x"}, SourceSpec("given", "/y")])
+    assert [(s.name, s.language) for s in cfg.extra_sources] == [("user_0", "el"), ("given", None)]
+    with pytest.raises(ConfigKeyError, match=r"'extra_sources\[0\].paht' \(did you mean 'path'\?\)"):
+        replace(CFG, extra_sources=[{"name": "mine", "paht": "/x"}])
+
+
+def _stage1_recipe(cfg: AddLanguageConfig, tmp_path: Path):
+    sources = training_sources(cfg, tmp_path)
+    tests = [SourceSpec("t", "/c", split="test", language="el")]
+    overrides = stage1_overrides(cfg, tmp_path / "enc", sources, tests, tmp_path / "run")
+    return load_recipe_config(load_recipe("ctc_tiny_en", overrides))
 
 
 def test_old_layers_lr_scale_reaches_the_encoder_below_the_head_only(tmp_path):
     from granite_train.training.ctc_module import CTCPretrainModule
 
-    cfg = {**CFG, "stage1": {**CFG["stage1"], "old_layers_lr_scale": 0.25, "lr": 1e-3}}
-    sources = training_sources({**cfg, "replay_share": 0.5}, tmp_path)
-    tests = [{"name": "t", "path": "/c", "split": "test", "language": "el"}]
-    overrides = stage1_overrides(cfg, tmp_path / "enc", sources, tests, tmp_path / "run")
-    recipe = load_recipe_config(load_recipe("ctc_tiny_en", overrides))
+    cfg = replace(CFG, replay_share=0.5, stage1=replace(CFG.stage1, old_layers_lr_scale=0.25, lr=1e-3))
+    recipe = _stage1_recipe(cfg, tmp_path)
     assert recipe.model.init == str(tmp_path / "enc") and recipe.trainer.max_steps == 40
     assert recipe.optim.lr == 1e-3 and recipe.data.train["alpha"] == 1.0
     assert recipe.optim.lr_scale == {k: 0.25 for k in OLD_LAYER_PARAMETERS}
@@ -70,10 +86,35 @@ def test_old_layers_lr_scale_reaches_the_encoder_below_the_head_only(tmp_path):
     assert old_layer / head == pytest.approx(0.25)
 
 
+def test_explicit_zeros_are_kept_or_refused_by_name(tmp_path):
+    """``old_layers_lr_scale=0`` used to become 1.0 silently. An LR factor of 0 is not one the
+    optimizer takes (> 0): it is refused, naming the value and the way to hold the layers still;
+    the zeros that mean something (no replay, no head-only phase) reach the recipe as 0."""
+    with pytest.raises(ValueError, match=r"stage1.old_layers_lr_scale must be > 0 .*got 0.*head_only_steps"):
+        replace(CFG.stage1, old_layers_lr_scale=0)
+    recipe = _stage1_recipe(
+        replace(CFG, replay_share=0, stage1=replace(CFG.stage1, head_only_steps=0)), tmp_path
+    )
+    assert [s["name"] for s in recipe.data.train["sources"]] == ["new_el"]
+    assert recipe.optim.start_step == {} and recipe.optim.lr_scale == {}
+    held = _stage1_recipe(replace(CFG, stage1=replace(CFG.stage1, head_only_steps=40)), tmp_path)
+    assert held.optim.start_step == {k: 40 for k in OLD_LAYER_PARAMETERS}
+
+
+def test_stage_sections_are_typed_and_checked():
+    required = {"language": "el", "encoder": "e", "old_corpus": "o", "reference": "r", "output_dir": "out"}
+    cfg = from_mapping(AddLanguageConfig, {**required, "stage2": {"speech_llm": "s", "steps": 5}})
+    assert cfg.stage2.speech_llm == "s" and cfg.stage2.steps == 5 and cfg.stage1.steps == 1500
+    with pytest.raises(ConfigKeyError, match=r"'stage2.stpes' \(did you mean 'steps'\?\)"):
+        from_mapping(AddLanguageConfig, {**required, "stage2": {"stpes": 5}})
+    with pytest.raises(ValueError, match="new_symbol_init must be one of"):
+        replace(cfg, new_symbol_init="copy")
+
+
 def test_missing_texts_name_the_bundled_languages():
     with pytest.raises(FileNotFoundError, match=r"texts=FILE.*\bel\b.*\ben\b"):
-        texts_path({"language": "xx", "texts": None})
-    assert texts_path({"language": "el", "texts": None}).name == "el.txt"
+        texts_path("xx")
+    assert texts_path("el").name == "el.txt"
 
 
 # --------------------------------------------------------------------------------------------------

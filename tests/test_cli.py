@@ -95,3 +95,70 @@ def test_every_recipe_composes_with_a_known_stage(recipe):
     if cfg["stage"] == "speech_llm":  # stage 2 trains on text: no CTC targets or CTC length filter
         assert cfg["data"]["train"]["prepare"]["ctc_targets"] is False
         assert cfg["model"].get("init") or (cfg["model"]["encoder"] and cfg["model"]["llm"])
+
+
+# --------------------------------------------------------------------------------------------------
+# the workflow commands' typed configs: a misspelt key or a refused value stops before anything runs
+# --------------------------------------------------------------------------------------------------
+def test_a_misspelt_key_on_the_command_line_exits_2_naming_it(tmp_path):
+    out = run_cli("finetune", "model=m", "data=d", "stpes=6", f"hydra.run.dir={tmp_path}")
+    assert out.returncode == 2, out.stderr
+    assert (
+        "granite-train finetune: unknown config key 'stpes' in command-line override 'stpes=6'" in out.stderr
+    )
+    assert "(did you mean 'steps'?)" in out.stderr and "valid keys there: audio_column, check, ctc_lowercase, " in out.stderr
+    nested = run_cli(
+        "add-language", "language=el", "encoder=e", "stage1.stpes=6", f"hydra.run.dir={tmp_path}"
+    )
+    assert nested.returncode == 2, nested.stderr
+    assert "unknown config key 'stage1.stpes' in command-line override 'stage1.stpes=6'" in nested.stderr
+    assert (
+        "valid keys there: head_only_steps, lr, old_layers_lr_scale, overrides, recipe, steps"
+        in nested.stderr
+    )
+
+
+def test_a_misspelt_key_in_the_config_file_exits_2_naming_the_file(tmp_path):
+    from granite_train.recipes import CONFIG_DIR
+
+    config = tmp_path / "my_demo.yaml"
+    config.write_text((CONFIG_DIR / "demo.yaml").read_text() + "sed: 1\n")
+    out = run_cli(
+        "demo", f"hydra.run.dir={tmp_path}", "--config-dir", str(tmp_path), "--config-name", "my_demo"
+    )
+    assert out.returncode == 2, out.stderr
+    assert (
+        f"granite-train demo: unknown config key 'sed' in config file {config} (did you mean 'seed'?)"
+        in out.stderr
+    )
+
+
+def test_refused_values_and_missing_fields_exit_2_with_what_is_valid(tmp_path):
+    zero = run_cli(
+        "add-language",
+        "language=el",
+        "encoder=e",
+        "stage1.old_layers_lr_scale=0",
+        f"hydra.run.dir={tmp_path}",
+    )
+    assert zero.returncode == 2 and "stage1.old_layers_lr_scale must be > 0" in zero.stderr, zero.stderr
+    top = run_cli(
+        "finetune",
+        "model=m",
+        "data=d",
+        "trains=encoder_top",
+        "encoder_ctc_weight=0",
+        f"hydra.run.dir={tmp_path}",
+    )
+    assert top.returncode == 2 and "encoder_ctc_weight must be > 0 with trains=encoder_top" in top.stderr
+    missing = run_cli("finetune", "data=d", f"hydra.run.dir={tmp_path}")
+    assert missing.returncode == 2 and "granite-train finetune: set model_path" in missing.stderr
+
+
+def test_workflow_help_lists_every_key_and_cfg_job_shows_a_set_default():
+    out = run_cli("finetune", "--help")
+    assert out.returncode == 0 and "encoder_ctc_weight: 0.2" in out.stdout and "FinetuneConfig:" in out.stdout
+    job = run_cli("demo", "demo.llm.pretrain_steps=0", "seed=3", "--cfg", "job")
+    assert job.returncode == 0, job.stderr
+    composed = OmegaConf.create(job.stdout)
+    assert composed.seed == 3 and composed.demo.llm.pretrain_steps == 0

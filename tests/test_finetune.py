@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,47 +15,43 @@ import pytest
 import soundfile as sf
 import torch
 
-from granite_train.finetune import TRAINS, finetune_sources, recipe_overrides, results_markdown
+from granite_train.finetune import TRAINS, FinetuneConfig, finetune_sources, recipe_overrides, serving_note
 from granite_train.recipes import load_recipe
 from granite_train.training.config import load_recipe_config
 
 ROOT = Path(__file__).resolve().parents[1]
-BASE = dict(model_path="released", data_path="my_audio", data_split="train", language="en", eval_data=None,
-            holdout_share=0.2, holdout_speakers=["carol"], replay=None, replay_share=0.0, regression=None,
-            regression_language="en", trains="projector_lora", lora_rank=8, steps=40, lr=None,
-            warmup_steps=None, max_frames=2000, name="ft", overrides=[], merge_lora=True)  # fmt: skip
+BASE = FinetuneConfig(model_path="released", data_path="my_audio", output_dir="ft", holdout_share=0.2,
+                      holdout_speakers=["carol"], lora_rank=8, steps=40, max_frames=2000, name="ft")  # fmt: skip
 
 
 def test_held_out_split_from_the_data_itself():
     sources = finetune_sources(BASE)
-    (mine,), (heldout,) = sources["train"], sources["tests"]
-    assert mine["holdout"] == "exclude" and heldout["holdout"] == "only"
+    (mine,), (heldout,) = sources.train, sources.tests
+    assert mine.holdout == "exclude" and heldout.holdout == "only"
     for spec in (mine, heldout):  # both sides of the same split
-        assert spec["path"] == "my_audio" and spec["holdout_speakers"] == ["carol"]
-        assert spec["holdout_share"] == 0.2
+        assert spec.path == "my_audio" and spec.holdout_speakers == ["carol"]
+        assert spec.holdout_share == 0.2
 
 
 def test_given_eval_data_replay_and_regression():
-    cfg = {
-        **BASE,
-        "eval_data": "my_test.csv",
-        "replay": "general",
-        "replay_share": 0.25,
-        "regression": "gen_test",
-    }
+    cfg = replace(BASE, eval_data="my_test.csv", replay="general", replay_share=0.25, regression="gen_test")
     sources = finetune_sources(cfg)
-    mine, replay = sources["train"]
-    assert "holdout" not in mine and (mine["weight"], replay["weight"]) == (0.75, 0.25)
-    assert [t["path"] for t in sources["tests"]] == ["my_test.csv", "gen_test"]
+    mine, replay = sources.train
+    assert mine.holdout is None and (mine.weight, replay.weight) == (0.75, 0.25)
+    assert [t.path for t in sources.tests] == ["my_test.csv", "gen_test"]
     with pytest.raises(ValueError, match="replay"):
-        finetune_sources({**BASE, "replay_share": 0.3})
+        replace(BASE, replay_share=0.3)
+
+
+def _recipe(cfg: FinetuneConfig, tmp_path: Path):
+    overrides = recipe_overrides(cfg, finetune_sources(cfg).train, tmp_path / "train")
+    return load_recipe_config(load_recipe("speech_llm_finetune", overrides))
 
 
 @pytest.mark.parametrize("trains", sorted(TRAINS))
 def test_overrides_compose_into_the_finetuning_recipe(trains, tmp_path):
-    cfg = {**BASE, "trains": trains, "lr": 1e-3}
-    overrides = recipe_overrides(cfg, finetune_sources(cfg)["train"], tmp_path / "train")
-    recipe = load_recipe_config(load_recipe("speech_llm_finetune", overrides))
+    cfg = replace(BASE, trains=trains, lr=1e-3)
+    recipe = _recipe(cfg, tmp_path)
     flags, lora = TRAINS[trains]
     assert recipe.model.init == "released" and recipe.optim.lr == 1e-3
     assert {k: getattr(recipe.model.train, k) for k in flags} == flags
@@ -71,35 +68,113 @@ def test_overrides_compose_into_the_finetuning_recipe(trains, tmp_path):
     assert recipe.export.lora_adapter is (trains == "lora")
     assert not recipe.model.gradient_checkpointing.llm and not recipe.model.gradient_checkpointing.encoder
     with pytest.raises(ValueError, match="trains must be"):
-        recipe_overrides({**cfg, "trains": "encoder"}, [], tmp_path)
+        replace(cfg, trains="encoder")
+
+
+def test_explicit_values_reach_the_recipe_zeros_included(tmp_path):
+    """An explicit value is never swapped for a default (``x or default`` turned 0 into it)."""
+    top = replace(BASE, trains="encoder_top", encoder_layers=1, encoder_ctc_weight=0.5, warmup_steps=0)
+    recipe = _recipe(top, tmp_path)
+    assert recipe.model.train.encoder_layers == 1 and recipe.model.loss.encoder_ctc_weight == 0.5
+    assert recipe.optim.schedule.warmup_steps == 0
+    assert _recipe(replace(BASE, replay="general", replay_share=0), tmp_path).data.train["sources"][0][
+        "weight"
+    ] == pytest.approx(1.0)
+    # with trains=encoder_top a zero is meaningless: refused, naming the value and what is valid
+    with pytest.raises(ValueError, match=r"encoder_layers must be >= 1 with trains=encoder_top.*got 0"):
+        replace(top, encoder_layers=0)
+    with pytest.raises(ValueError, match=r"encoder_ctc_weight must be > 0 with trains=encoder_top.*got 0"):
+        replace(top, encoder_ctc_weight=0)
+    # other trains values train no encoder layer and no encoder CTC: their zeros reach the recipe
+    recipe = _recipe(replace(BASE, encoder_layers=0, encoder_ctc_weight=0.0), tmp_path)
+    assert recipe.model.train.encoder_layers == 0 and recipe.model.loss.encoder_ctc_weight == 0.0
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("replay_share", 1.0, r"replay_share must be in \[0, 1\), got 1.0"),
+        ("holdout_share", 0.0, r"holdout_share must be in \(0, 1\), got 0.0"),
+        ("steps", 0, "steps must be >= 1, got 0"),
+        ("warmup_steps", -1, "warmup_steps must be >= 0"),
+        ("lora_rank", 0, "lora_rank must be >= 1, got 0"),
+    ],
+)
+def test_values_out_of_range_are_refused(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        replace(BASE, **{field: value})
 
 
 def test_gradient_checkpointing_knob_reaches_llm_and_encoder(tmp_path):
-    cfg = {**BASE, "gradient_checkpointing": True}
-    overrides = recipe_overrides(cfg, finetune_sources(cfg)["train"], tmp_path / "train")
-    checkpointing = load_recipe_config(
-        load_recipe("speech_llm_finetune", overrides)
-    ).model.gradient_checkpointing
+    checkpointing = _recipe(replace(BASE, gradient_checkpointing=True), tmp_path).model.gradient_checkpointing
     assert checkpointing.llm and checkpointing.encoder
 
 
 def test_serving_note_offers_the_adapter_only_when_it_was_written(tmp_path):
-    from granite_train.finetune import serving_note
-
     export = tmp_path / "train" / "speech_llm_hf"
-    note = serving_note({**BASE, "trains": "projector_lora"}, export, tmp_path / "train")
+    note = serving_note(BASE, export, tmp_path / "train")
     assert f"vllm serve {export}" in note and "no LoRA-only adapter" in note and "--enable-lora" not in note
     (tmp_path / "train" / "speech_llm_lora").mkdir(parents=True)
     (tmp_path / "train" / "speech_llm_lora" / "adapter_config.json").write_text("{}")
-    note = serving_note({**BASE, "trains": "lora"}, export, tmp_path / "train")
+    note = serving_note(replace(BASE, trains="lora"), export, tmp_path / "train")
     assert "vllm serve released --enable-lora --max-lora-rank 8 --lora-modules finetuned=" in note
 
 
-def test_results_table_shows_the_change():
-    rows = [{"test set": "heldout", "utterances": 50, "wer_before": 0.8, "wer_after": 0.25,
-             "cer_before": 0.5, "cer_after": 0.1, "rtfx_after": 30.0}]  # fmt: skip
-    table = results_markdown(rows)
-    assert "| heldout | 50 | 80.00 | 25.00 | -55.00 | 50.00 | 10.00 |" in table
+def test_run_finetune_writes_the_same_report_through_the_shared_core(tmp_path, monkeypatch):
+    """Scoring and training faked: run_finetune scores the released model, trains, scores the
+    export and writes results.md / results.json as it did before the shared core."""
+    import granite_train.training.run
+    from granite_train.eval.report import EvalResult
+    from granite_train.finetune import run_finetune
+    from granite_train.training.run import TrainResult
+    from granite_train.workflows.before_after import Scoring
+
+    calls = []
+
+    def score(self, model, tests, folder):
+        calls.append((str(model), [t.name for t in tests], folder.name))
+        wer, cer = (0.8, 0.5) if folder.name == "eval_before" else (0.25, 0.1)
+        return [EvalResult("heldout", 50, wer, cer, "whisper_english", None, 60.0, 2.0)]
+
+    run_dir = tmp_path / "out" / "train"
+
+    def train(recipe):
+        calls.append(("train", recipe["trainer"]["max_steps"]))
+        return TrainResult(run_dir, None, 40, {}, {"utterances": 400})
+
+    monkeypatch.setattr(Scoring, "run", score)
+    monkeypatch.setattr(granite_train.training.run, "train", train)
+    audio = _audio(tmp_path)  # the data check reads it (headers) and makes the held-out split
+    table = run_finetune(replace(BASE, data_path=str(audio), output_dir=str(tmp_path / "out")))
+    export = run_dir / "speech_llm_hf"
+    assert calls == [
+        ("released", ["heldout"], "eval_before"),
+        ("train", 40),
+        (str(export), ["heldout"], "eval_after"),
+    ]
+    expected_table = (
+        "| test set | utterances | WER before % | WER after % | change (points) | CER before % | CER after % |\n"
+        "|---|---|---|---|---|---|---|\n"
+        "| heldout | 50 | 80.00 | 25.00 | -55.00 | 50.00 | 10.00 |\n"
+    )
+    assert table == expected_table
+    results_md = (tmp_path / "out" / "results.md").read_text()
+    head, data = results_md.split("## Data\n\n")
+    assert head == (
+        f"# Fine-tuning released\n\n40 steps on `{audio}` (trains: projector_lora: projector, lora; "
+        f"replay share 0.00); export: `{export}`; curves: `{run_dir / 'curves.png'}`\n\n"
+        + expected_table
+        + "\n"
+    )
+    # the data section: the check of all 18 clips, the split (carol: the share's one speaker of three), then
+    # what training skipped; the serving note after it
+    assert "| mine | 18 | 18 |" in data and "held-out split by speaker: 1 of 3 speakers" in data
+    assert "During training: nothing skipped or repaired." in data and data.endswith(serving_note(BASE, export, run_dir))
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["steps"] == 40 and results["counters"] == {"utterances": 400}
+    assert results["data"]["check"]["mine"]["usable"] == 18 and results["data"]["heldout_split"]["by"] == "speaker"
+    assert results["results"] == [{"model": "speech LLM", "test set": "heldout", "utterances": 50, "wer_before": 0.8,
+                                   "wer_after": 0.25, "cer_before": 0.5, "cer_after": 0.1, "rtfx_after": 30.0}]  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------------

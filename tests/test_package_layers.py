@@ -29,6 +29,7 @@ LAYERS = {
     "granite_train.demo": 6,
     "granite_train.finetune": 6,
     "granite_train.add_language": 6,
+    "granite_train.workflows": 6,
     "granite_train.cli": 7,
 }
 ENTRY_POINTS = (

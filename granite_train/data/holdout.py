@@ -148,4 +148,11 @@ def given_speakers_plan(check: SourceCheck, speakers: list[str]) -> HoldoutPlan:
     )  # fmt: skip
 
 
-__all__ = ["HoldoutPlan", "given_speakers_plan", "plan_holdout"]
+def choose_holdout(
+    check: SourceCheck, speakers: list[str], share: float, min_utterances: int = 20
+) -> HoldoutPlan:
+    """The named ``speakers`` (checked) when given, else :func:`plan_holdout`."""
+    return given_speakers_plan(check, speakers) if speakers else plan_holdout(check, share, min_utterances)
+
+
+__all__ = ["HoldoutPlan", "choose_holdout", "given_speakers_plan", "plan_holdout"]
