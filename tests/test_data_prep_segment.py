@@ -11,7 +11,9 @@ import pytest
 import soundfile as sf
 import torch
 
+from data_prep.segment import SegmentConfig, parse_config
 from data_prep.segment import main as segment_main
+from tests.test_models_ctc_align import ToneCTC, tone_speech, tone_words
 
 
 @pytest.fixture(scope="module")
@@ -90,3 +92,50 @@ def test_the_pipeline_reads_the_segments(tmp_path, encoder_dir):
     )
     batches = list(build_dataloader(SpeechDataPipeline(cfg, rank=0, world_size=1)))
     assert sum(len(b) for b in batches) == len(_segments(out))
+
+
+def test_long_recordings_are_cut_in_windows_and_another_recordings_transcript_is_dropped(
+    tmp_path, monkeypatch
+):
+    from granite_train.models import export
+
+    monkeypatch.setattr(export, "load_encoder", lambda path: ToneCTC())  # a head that hears tone speech
+    (tmp_path / "a").mkdir()
+    words = {"ra": tone_words(70, seed=5), "rb": tone_words(70, seed=6)}
+    truth = {}
+    for name in words:
+        wave, truth[name] = tone_speech(words[name], seed=5 if name == "ra" else 6)  # ~80 s each
+        sf.write(tmp_path / "a" / f"{name}.wav", wave.numpy(), 16000)
+    rows = [{"audio_filepath": "a/ra.wav", "text": " ".join(words["ra"])},
+            {"audio_filepath": "a/rb.wav", "text": " ".join(words["ra"])}]  # fmt: skip
+    (tmp_path / "long.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "seg"
+    # windows of 20 s (5 s overlap) above 10 s: both recordings are aligned in windows
+    assert segment_main(["--model", "tone", "--data", str(tmp_path / "long.jsonl"), "--out", str(out),
+                         "--max-seconds", "15", "--window-seconds", "20", "--overlap-seconds", "5",
+                         "--whole-seconds", "10", "--quiet"]) == 0  # fmt: skip
+    mine = sorted(_segments(out), key=lambda s: s["start"])
+    assert {s["recording"] for s in mine} == {"long/a/ra.wav"}
+    assert " ".join(s["text"] for s in mine) == " ".join(words["ra"])  # every word once, in order
+    assert all(s["end"] - s["start"] <= 15.0 and s["score"] > 0.9 for s in mine)
+    pauses = [(a[1], b[0]) for a, b in zip(truth["ra"], truth["ra"][1:])]
+    assert all(any(lo <= s["end"] <= hi for lo, hi in pauses) for s in mine[:-1])  # every cut in a pause
+    rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
+    assert [(r["id"], r["reason"]) for r in rejects] == [("long/a/rb.wav", "mismatch")]
+
+
+def test_the_settings_are_one_typed_config(capsys):
+    required = ["--model", "m", "--data", "d", "--out", "o"]
+    config = parse_config([*required, "--min-score", "0", "--overlap-seconds", "0", "--no-quiet-cuts"])
+    assert config == SegmentConfig("m", "d", "o", min_score=0.0, overlap_seconds=0.0, quiet_cuts=False)
+    assert config.min_score == 0.0  # an explicit zero stays zero
+    assert parse_config(required) == SegmentConfig("m", "d", "o")  # one default each, in the dataclass
+    for wrong, named in ((["--min-seconds", "30"], "min_seconds must be >= 0 and < max_seconds (30.0), got 30.0"),
+                         (["--window-seconds", "-5"], "window_seconds must be > 0, got -5.0"),
+                         (["--overlap-seconds", "60"], "overlap_seconds must be >= 0 and < window_seconds"),
+                         (["--min-heard", "2"], "min_heard must be in [0, 1], got 2.0")):  # fmt: skip
+        with pytest.raises(SystemExit):
+            parse_config([*required, *wrong])
+        assert named in capsys.readouterr().err
+    with pytest.raises(ValueError, match="max_seconds must be > 0, got -1"):
+        SegmentConfig("m", "d", "o", max_seconds=-1)
