@@ -77,6 +77,20 @@ def texts_path(language: str, texts: str | Path | None = None) -> Path:
     return path
 
 
+def check_training_sources(sources: list[SourceSpec], recipe: Mapping[str, Any]) -> str:
+    """Every record of the training sources read once (audio headers) against the stage-1
+    recipe's limits, the report printed; a :class:`~granite_train.data.errors.DataError` when one
+    has nothing usable (a user's ``extra_sources`` manifest, say) before the model is built."""
+    from granite_train.data.builders import build_pipeline_config
+    from granite_train.data.check import check_sources
+
+    report = check_sources(sources, build_pipeline_config(recipe["data"]["train"], "data.train").prepare)
+    markdown = report.to_markdown()
+    print("[add-language] the training data, every record read once (headers):\n" + markdown, flush=True)
+    report.raise_if_unusable()
+    return markdown
+
+
 def training_sources(config: AddLanguageConfig, corpus: Path) -> list[SourceSpec]:
     """The new language's corpus (and the user's sources) with the old corpus as replay.
 
@@ -273,13 +287,18 @@ def run_add_language(config: AddLanguageConfig | Mapping[str, Any]) -> str:
 
     def stage1(folder: Path) -> dict[str, Any]:
         from granite_train.recipes import load_recipe
-        from granite_train.training.run import train
+        from granite_train.training.run import skipped_summary, train
 
         recipe = load_recipe(config.stage1.recipe, stage1_overrides(config, extended, sources, tests, folder))
+        checked = check_training_sources(sources, recipe)
         result = train(recipe)
-        return {"encoder": str(result.output_dir / "encoder_hf"), "steps": result.global_step}
+        return {"encoder": str(result.output_dir / "encoder_hf"), "steps": result.global_step,
+                "data_check": checked, "skipped": skipped_summary(result.counters)}  # fmt: skip
 
-    encoder_after = Path(run_step(out, "stage1", stage1)["encoder"])
+    stage1_record = run_step(out, "stage1", stage1)
+    encoder_after = Path(stage1_record["encoder"])
+    data_report = [stage1_record.get("data_check", ""), "Stage 1 skipped or repaired: "]
+    data_report += stage1_record.get("skipped", [])[1:] or ["nothing."]
     pairs = [(Scoring("encoder (greedy CTC)", "encoder", "ctc", EvalSettings(normalizer="basic")),
               config.encoder, encoder_after)]  # fmt: skip
 
@@ -291,7 +310,7 @@ def run_add_language(config: AddLanguageConfig | Mapping[str, Any]) -> str:
             from granite_train.models.speech_llm import load_tokenizer
             from granite_train.recipes import load_recipe
             from granite_train.training.config import load_recipe_config
-            from granite_train.training.run import train
+            from granite_train.training.run import skipped_summary, train
 
             overrides = stage2_overrides(config, encoder_after, sources, folder)
             recipe = load_recipe(config.stage2.recipe, overrides)
@@ -313,9 +332,15 @@ def run_add_language(config: AddLanguageConfig | Mapping[str, Any]) -> str:
                 "speech_llm": str(result.output_dir / "speech_llm_hf"),
                 "steps": result.global_step,
                 "longest_target_tokens": longest,
+                "skipped": skipped_summary(result.counters),
             }
 
         stage2_record = run_step(out, "stage2", stage2)
+        data_report += [
+            "",
+            "Stage 2 skipped or repaired: ",
+            *(stage2_record.get("skipped", [])[1:] or ["nothing."]),
+        ]
         speech_after = Path(stage2_record["speech_llm"])
         # generation must be able to write the longest training transcript, with room to spare
         longest = int(stage2_record.get("longest_target_tokens") or 0)
@@ -336,6 +361,7 @@ def run_add_language(config: AddLanguageConfig | Mapping[str, Any]) -> str:
         f"{config.replay_share:.2f}; {stages}",
         table=table,
         payload={"symbols": symbols, "rows": [row.to_json() for row in rows]},
+        data_report="\n".join(data_report) + "\n",
     )
     return table
 

@@ -279,3 +279,26 @@ def test_a_mostly_skipped_audio_ctc_loss_is_reported():
     assert warning is not None and "left out 12692 of 25589 utterances (49.6%)" in warning
     assert audio_ctc_warning({"utterances": 25589, "skipped/audio_ctc_too_short": 6000}) is None  # 23%
     assert audio_ctc_warning({"utterances": 0}) is None
+
+
+def test_an_unusable_extra_source_stops_before_stage_1(tmp_path):
+    """A user's extra_sources manifest whose transcripts sit in another column: a DataError naming the
+    fix, from the check that runs before the stage-1 model is built; good sources pass with a report."""
+    import soundfile as sf
+
+    from granite_train.add_language import check_training_sources
+    from granite_train.data.errors import DataError
+    from granite_train.data.sources import SourceSpec
+    from granite_train.recipes import load_recipe
+    from tests.corpus import speechlike
+
+    for k in range(3):
+        sf.write(tmp_path / f"c{k}.wav", speechlike(1.0, seed=k), 16000)
+    (tmp_path / "bad.csv").write_text("audio,sentence\n" + "".join(f"c{k}.wav,good morning\n" for k in range(3)))
+    (tmp_path / "good.csv").write_text("audio,text\n" + "".join(f"c{k}.wav,good morning\n" for k in range(3)))
+    recipe = load_recipe("ctc_tiny_en", [])
+    good = SourceSpec("el_extra", str(tmp_path / "good.csv"), id_column=None)
+    assert "| el_extra | 3 | 3 |" in check_training_sources([good], recipe)
+    bad = SourceSpec("el_calls", str(tmp_path / "bad.csv"), id_column=None)
+    with pytest.raises(DataError, match="(?s)source 'el_calls'.*no_text: 3.*set text_column=sentence"):
+        check_training_sources([good, bad], recipe)

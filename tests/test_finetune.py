@@ -181,19 +181,9 @@ def test_run_finetune_writes_the_same_report_through_the_shared_core(tmp_path, m
 # end to end (slow tier)
 # --------------------------------------------------------------------------------------------------
 def _released_model(root: Path) -> Path:
-    from granite_train.models.encoder import CTCEncoder, encoder_config
-    from granite_train.models.speech_export import export_speech_llm
-    from granite_train.models.speech_llm import assemble_speech_llm
-    from granite_train.models.tiny_llm import build_tiny_llm
+    from granite_train.models.tiny_release import build_tiny_released_model
 
-    words = "zero one two three four five six seven eight nine".split()
-    llm = build_tiny_llm(root / "llm", [" ".join(words[i:] + words[:i]) for i in range(10)] * 4,
-                         preset="micro", vocab_size=300)  # fmt: skip
-    torch.manual_seed(0)
-    encoder = CTCEncoder(encoder_config("tiny", num_layers=2, hidden_dim=64, num_heads=4, dim_head=16)).eval()
-    projector = dict(preset="tiny", hidden_size=32, num_attention_heads=2, intermediate_size=64)
-    speech = assemble_speech_llm(encoder, llm, projector=projector)
-    return export_speech_llm(speech, root / "released")  # the 4.0 layout: merged, no adapter
+    return build_tiny_released_model(root)
 
 
 def _audio(root: Path) -> Path:
@@ -216,7 +206,7 @@ def test_finetune_end_to_end_keeps_the_held_out_speaker_out_of_training(tmp_path
     out = tmp_path / "ft"
     run = subprocess.run(
         [sys.executable, "-m", "granite_train.cli", "finetune", f"model={model}", f"data={audio}",
-         "holdout_speakers=[carol]", "steps=6", "lr=1e-3", "max_new_tokens=4", "lora_rank=4",
+         "holdout_speakers=[carol]", "steps=60", "lr=1e-2", "max_new_tokens=16", "trains=llm",
          f"output_dir={out}", 'overrides=["data.num_workers=0","debug.log_sample_ids=true"]'],
         capture_output=True, text=True, timeout=900, cwd=ROOT,
     )  # fmt: skip
@@ -224,7 +214,11 @@ def test_finetune_end_to_end_keeps_the_held_out_speaker_out_of_training(tmp_path
     results = json.loads((out / "results.json").read_text())
     (row,) = results["results"]
     assert row["test set"] == "heldout" and row["utterances"] == 6  # all of carol, nobody else
-    assert results["steps"] == 6 and row["wer_before"] is not None and row["wer_after"] is not None
+    assert results["steps"] == 60
+    # the held-out WER really dropped: the random released model writes no word of "number k"; the
+    # fine-tuned one has learnt the form of its training transcripts (the audio is noise: the digit
+    # is a guess), so at least "number" is right in every utterance
+    assert row["wer_before"] >= 1.0 and row["wer_after"] <= 0.5
     trained = [json.loads(line) for line in (out / "train" / "samples.rank0.jsonl").read_text().splitlines()]
     ids = {i for step in trained for i in step["ids"]}
     assert ids and not any("carol" in i for i in ids)  # the held-out speaker never trained
@@ -237,7 +231,7 @@ def test_finetune_end_to_end_keeps_the_held_out_speaker_out_of_training(tmp_path
     assert (
         memory["fits"] is True and memory["activations"] > 0 and "memory estimate for a batch" in run.stdout
     )
-    assert not (out / "train" / "speech_llm_lora").exists()  # the projector trained: merged only
+    assert not (out / "train" / "speech_llm_lora").exists()  # more than a LoRA trained: merged only
 
 
 @pytest.mark.slow
