@@ -294,7 +294,9 @@ def test_an_unusable_extra_source_stops_before_stage_1(tmp_path):
 
     for k in range(3):
         sf.write(tmp_path / f"c{k}.wav", speechlike(1.0, seed=k), 16000)
-    (tmp_path / "bad.csv").write_text("audio,sentence\n" + "".join(f"c{k}.wav,good morning\n" for k in range(3)))
+    (tmp_path / "bad.csv").write_text(
+        "audio,sentence\n" + "".join(f"c{k}.wav,good morning\n" for k in range(3))
+    )
     (tmp_path / "good.csv").write_text("audio,text\n" + "".join(f"c{k}.wav,good morning\n" for k in range(3)))
     recipe = load_recipe("ctc_tiny_en", [])
     good = SourceSpec("el_extra", str(tmp_path / "good.csv"), id_column=None)

@@ -106,7 +106,10 @@ def test_a_misspelt_key_on_the_command_line_exits_2_naming_it(tmp_path):
     assert (
         "granite-train finetune: unknown config key 'stpes' in command-line override 'stpes=6'" in out.stderr
     )
-    assert "(did you mean 'steps'?)" in out.stderr and "valid keys there: audio_column, check, ctc_lowercase, " in out.stderr
+    assert (
+        "(did you mean 'steps'?)" in out.stderr
+        and "valid keys there: audio_column, check, ctc_lowercase, " in out.stderr
+    )
     nested = run_cli(
         "add-language", "language=el", "encoder=e", "stage1.stpes=6", f"hydra.run.dir={tmp_path}"
     )

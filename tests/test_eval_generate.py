@@ -207,7 +207,10 @@ def test_cli_writes_results(model_dir, asr_set, tmp_path, monkeypatch, capsys):
         f"hydra.run.dir={tmp_path / 'hydra'}",
     )
     printed = capsys.readouterr().out
-    assert "| dataset | task | utts | WER % | CER % | BLEU | ins / ref word | > 2x ref length % | RTFx |" in printed
+    assert (
+        "| dataset | task | utts | WER % | CER % | BLEU | ins / ref word | > 2x ref length % | RTFx |"
+        in printed
+    )
     (result,) = read_results_json(out / "results.json")
     assert result.num_utts == len(ROWS) and result.details["decoding"] == "greedy"
     assert "| mini | asr | 4 |" in (out / "results.md").read_text()

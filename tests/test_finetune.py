@@ -169,10 +169,15 @@ def test_run_finetune_writes_the_same_report_through_the_shared_core(tmp_path, m
     # the data section: the check of all 18 clips, the split (carol: the share's one speaker of three), then
     # what training skipped; the serving note after it
     assert "| mine | 18 | 18 |" in data and "held-out split by speaker: 1 of 3 speakers" in data
-    assert "During training: nothing skipped or repaired." in data and data.endswith(serving_note(BASE, export, run_dir))
+    assert "During training: nothing skipped or repaired." in data and data.endswith(
+        serving_note(BASE, export, run_dir)
+    )
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results["steps"] == 40 and results["counters"] == {"utterances": 400}
-    assert results["data"]["check"]["mine"]["usable"] == 18 and results["data"]["heldout_split"]["by"] == "speaker"
+    assert (
+        results["data"]["check"]["mine"]["usable"] == 18
+        and results["data"]["heldout_split"]["by"] == "speaker"
+    )
     assert results["results"] == [{"model": "speech LLM", "test set": "heldout", "utterances": 50, "wer_before": 0.8,
                                    "wer_after": 0.25, "cer_before": 0.5, "cer_after": 0.1, "rtfx_after": 30.0}]  # fmt: skip
 
