@@ -127,7 +127,10 @@ def main() -> None:
         action="store_true",
         help="write the joined recordings (a test set with exact transcripts) only",
     )
-    parser.add_argument("--segment-args", default="--lowercase --min-score 0.0", help="for data_prep.segment")
+    # keep every segment and recording (no score or heard-words filter): the cuts are what is scored
+    parser.add_argument(
+        "--segment-args", default="--lowercase --min-score 0.0 --min-heard 0", help="for data_prep.segment"
+    )
     args = parser.parse_args()
     root = Path(__file__).resolve().parents[1]
     source = str(root.parent / "shared" / "data" / "fsdd") if args.clips == "fsdd" else args.clips
