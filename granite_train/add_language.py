@@ -82,13 +82,11 @@ def check_training_sources(sources: list[SourceSpec], recipe: Mapping[str, Any])
     recipe's limits, the report printed; a :class:`~granite_train.data.errors.DataError` when one
     has nothing usable (a user's ``extra_sources`` manifest, say) before the model is built."""
     from granite_train.data.builders import build_pipeline_config
-    from granite_train.data.check import check_sources
+    from granite_train.data.check import check_and_report
 
-    report = check_sources(sources, build_pipeline_config(recipe["data"]["train"], "data.train").prepare)
-    markdown = report.to_markdown()
-    print("[add-language] the training data, every record read once (headers):\n" + markdown, flush=True)
-    report.raise_if_unusable()
-    return markdown
+    prepare = build_pipeline_config(recipe["data"]["train"], "data.train").prepare
+    title = "[add-language] the training data, every record read once (headers):"
+    return check_and_report(sources, prepare, title).to_markdown()
 
 
 def training_sources(config: AddLanguageConfig, corpus: Path) -> list[SourceSpec]:

@@ -170,7 +170,7 @@ def check_data(config: FinetuneConfig, prepare: PrepareConfig) -> tuple[DataChec
     Raises :class:`~granite_train.data.errors.DataError` when a set has nothing usable or the split
     cannot be made: in seconds, before a model is loaded.
     """
-    from granite_train.data.check import check_sources
+    from granite_train.data.check import check_and_report
     from granite_train.data.holdout import choose_holdout
 
     specs = [your_data(config)]
@@ -180,10 +180,8 @@ def check_data(config: FinetuneConfig, prepare: PrepareConfig) -> tuple[DataChec
         specs.append(_source("heldout", config.eval_data, "test", config.language, **_columns(config)))
     if config.regression:
         specs.append(_source("regression", config.regression, "test", config.regression_language))
-    print(f"[finetune] checking the data: {', '.join(f'{s.name} ({s.path})' for s in specs)}", flush=True)
-    check = check_sources(specs, prepare)
-    print(check.to_markdown(), flush=True)
-    check.raise_if_unusable()
+    title = f"[finetune] the data, every record read once (headers): {', '.join(f'{s.name} ({s.path})' for s in specs)}"
+    check = check_and_report(specs, prepare, title)
     plan = None
     if not config.eval_data:
         speakers, share = list(config.holdout_speakers), config.holdout_share

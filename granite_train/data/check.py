@@ -175,4 +175,15 @@ def check_sources(
     return DataCheck([check_source(s, prepare, targets, progress) for s in specs])
 
 
-__all__ = ["DataCheck", "RecordCheck", "SourceCheck", "check_source", "check_sources"]
+def check_and_report(
+    specs: Sequence[SourceSpec], prepare: PrepareConfig | None, title: str, progress: bool = True
+) -> DataCheck:
+    """:func:`check_sources`, the report printed under ``title``, then the stop rule
+    (:meth:`DataCheck.raise_if_unusable`): what every command that trains runs first."""
+    report = check_sources(specs, prepare, progress=progress)
+    print(f"{title}\n{report.to_markdown()}", flush=True)
+    report.raise_if_unusable()
+    return report
+
+
+__all__ = ["DataCheck", "RecordCheck", "SourceCheck", "check_and_report", "check_source", "check_sources"]

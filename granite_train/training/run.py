@@ -242,7 +242,7 @@ def skipped_summary(counters: Mapping[str, float]) -> list[str]:
 def check_training_data(data: DataConfig) -> str | None:
     """``data.check``: every record of the local training sources read once (headers), the report
     printed, and a :class:`~granite_train.data.errors.DataError` if a source has nothing usable."""
-    from granite_train.data.check import check_sources
+    from granite_train.data.check import check_and_report
 
     if not data.check:
         return None
@@ -251,11 +251,8 @@ def check_training_data(data: DataConfig) -> str | None:
     for spec in pipeline.sources:
         if spec.kind == "hub":
             print(f"[data check] {spec.name}: a hub dataset, not read ahead", flush=True)
-    report = check_sources(local, pipeline.prepare)
-    markdown = report.to_markdown()
-    print("[data check] training data, every record read once (headers):\n" + markdown, flush=True)
-    report.raise_if_unusable()
-    return markdown
+    title = "[data check] training data, every record read once (headers):"
+    return check_and_report(local, pipeline.prepare, title).to_markdown()
 
 
 def audio_ctc_warning(counters: Mapping[str, float], share: float = 0.25) -> str | None:
