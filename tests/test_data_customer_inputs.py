@@ -197,3 +197,20 @@ def test_nemo_duration_skips_before_decoding_and_a_mismatch_is_counted(tmp_path)
         for reason, n in batch.skipped.items():
             skipped[reason] = skipped.get(reason, 0) + n
     assert len(ids) == 2 and skipped == {"fixed_duration_from_header": 1}
+
+
+def test_a_loader_worker_raises_the_same_error_and_the_cli_prints_its_message_alone(tmp_path):
+    from granite_train.data.errors import data_error_message
+
+    manifest = csv_manifest(tmp_path / "m.csv", "audio,text", [f"gone{k}.wav,hello" for k in range(3)])
+    cfg = PipelineConfig(
+        sources=[SourceSpec("mine", str(manifest), id_column=None)], infinite=True, shuffle_buffer=0
+    )
+    loader = build_dataloader(SpeechDataPipeline(cfg, rank=0, world_size=1), num_workers=1)
+    with deadline(60), pytest.raises(DataError) as err:
+        next(iter(loader))
+    assert "Original Traceback" in str(err.value)  # the worker's traceback wraps the message
+    message = data_error_message(err.value)
+    assert message.startswith("source 'mine' (") and "missing_file: 3" in message
+    assert "Traceback" not in message
+    assert data_error_message(ValueError("not about data")) is None
