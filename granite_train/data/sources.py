@@ -13,6 +13,7 @@ buffered records into its resumable state.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -164,7 +165,7 @@ class SourceSpec:
         content) below ``holdout_share``. A row without any key is never held out."""
         if self.holdout_keys:
             found = self.holdout_key(row, self.holdout_by)
-            return found is not None and found[1] in self.holdout_keys
+            return found is not None and found[1] in self._holdout_key_set
         if self.holdout_speakers:
             speaker = self.key_of(row, "speaker")
             return speaker is not None and speaker in self.holdout_speakers
@@ -173,6 +174,10 @@ class SourceSpec:
             return False
         digest = zlib.crc32(found[1].encode("utf-8")) % 10_000
         return digest < self.holdout_share * 10_000
+
+    @functools.cached_property
+    def _holdout_key_set(self) -> frozenset[str]:
+        return frozenset(self.holdout_keys)  # thousands of recordings: a set, not a list scan per row
 
     def keeps(self, row: Mapping[str, Any]) -> bool:
         """Whether this source serves ``row``: its manifest split, then its side of the holdout."""
