@@ -295,6 +295,17 @@ def extend_vocab(cfg: DictConfig) -> None:
     print(f"wrote {out} ({len(vocab) + len(new)} CTC outputs)")
 
 
+def import_llm(cfg: DictConfig) -> None:
+    """Import a pretrained Llama-family LLM (GGUF, folder, smollm2-135m) as a Granite LLM folder."""
+    from granite_train.models.import_llm import import_causal_lm
+
+    try:
+        out = import_causal_lm(cfg.src, cfg.out, dtype=cfg.dtype)
+    except (OSError, ValueError) as err:
+        _fail("import-llm", err)
+    print(f"wrote {out} (GraniteForCausalLM, {cfg.dtype}; <|audio|> added, Granite speech chat template)")
+
+
 def _stored_vocab(model_path: str | None):
     """The CTC vocabulary stored with a model (its symbol table), or the base one."""
     from granite_train.text.vocab import CharVocab
@@ -347,6 +358,7 @@ COMMANDS: dict[str, tuple[str, Callable[[DictConfig], None]]] = {
     "plan": ("plan", plan),
     "coverage": ("coverage", coverage),
     "extend-vocab": ("extend_vocab", extend_vocab),
+    "import-llm": ("import_llm", import_llm),
 }
 
 
