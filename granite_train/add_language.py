@@ -341,7 +341,7 @@ def run_add_language(config: AddLanguageConfig | Mapping[str, Any]) -> str:
         ]
         speech_after = Path(stage2_record["speech_llm"])
         # generation must be able to write the longest training transcript, with room to spare
-        longest = int(stage2_record.get("longest_target_tokens") or 0)
+        longest = int(stage2_record.get("longest_target_tokens", 0))
         settings = EvalSettings(normalizer="basic", max_new_tokens=max(200, 2 * longest))
         pairs.append((Scoring("speech LLM", "speech", "generate", settings), speech_llm, speech_after))
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from granite_train.data.errors import DataError
-from granite_train.data.prepare import ExamplePreparer, PrepareConfig, Skip, SkipReason
+from granite_train.data.prepare import ExamplePreparer, PrepareConfig, Skip, SkipReason, split_fixes
 from granite_train.data.skips import format_reasons, no_usable_example_error
 from granite_train.data.sources import SourceReader, SourceSpec
 from granite_train.text.targets import CTCTargetBuilder
@@ -156,8 +156,7 @@ def check_source(
             result.records.append(RecordCheck(record["id"], record.get("keys", {}), seconds, reason))
             bar.update(1)
     counts = preparer.by_source.get(spec.name, Counter())
-    result.skipped = Counter({r: n for r, n in counts.items() if not r.startswith("fixed_")})
-    result.fixed = Counter({r: n for r, n in counts.items() if r.startswith("fixed_")})
+    result.skipped, result.fixed = split_fixes(counts)
     result.examples = dict(preparer.examples.get(spec.name, {}))
     result.left_out = Counter(reader.last_pass["left_out"])
     for reason, example in reader.last_pass["examples"].items():

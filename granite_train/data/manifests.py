@@ -11,7 +11,7 @@ from __future__ import annotations
 import codecs
 import functools
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +110,7 @@ def _best_guess(raw: bytes) -> str | None:
     return (known or western or calm)[0].encoding
 
 
-def manifest_encoding(files: Iterable[str], given: str | None) -> str:
+def manifest_encoding(files: Sequence[str], given: str | None) -> str:
     """One encoding for a source's manifest files: ``given`` (checked) or the detected one."""
     encodings = set()
     for file in files:

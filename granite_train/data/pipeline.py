@@ -33,7 +33,7 @@ from granite_train.audio.features import LogMelFeatures
 from granite_train.data.bucketing import DurationBucketer, geometric_bounds, quantile_bounds
 from granite_train.data.collate import Collator, ExampleBatch
 from granite_train.data.mixture import MixtureSampler, mixture_probabilities
-from granite_train.data.prepare import Example, ExamplePreparer, PrepareConfig
+from granite_train.data.prepare import Example, ExamplePreparer, PrepareConfig, split_fixes
 from granite_train.data.skips import consecutive_skips_error, no_usable_example_error
 from granite_train.data.sources import SourceReader, SourceSpec
 from granite_train.text.targets import CTCTargetBuilder
@@ -206,8 +206,7 @@ class _SlotState:
             served, self.pass_served[name] = self.pass_served[name], 0
             if served or not finished["rows"]:  # served something, or this slot's share is empty
                 continue
-            reasons = dict(self.preparer.by_source.get(name, {}))
-            reasons = {r: n for r, n in reasons.items() if not r.startswith("fixed_")}
+            reasons = dict(split_fixes(self.preparer.by_source.get(name, {}))[0])
             examples = dict(self.preparer.examples.get(name, {}))
             for reason, n in finished.get("left_out", {}).items():
                 reasons[reason] = reasons.get(reason, 0) + n

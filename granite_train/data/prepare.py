@@ -56,6 +56,12 @@ class SkipReason(str, Enum):
         return self.value.startswith("fixed_")
 
 
+def split_fixes(counts: dict[str, int]) -> tuple[Counter[str], Counter[str]]:
+    """``counts`` by reason as (records skipped, records repaired: the ``fixed_*`` reasons)."""
+    fixed = Counter({r: n for r, n in counts.items() if r.startswith("fixed_")})
+    return Counter({r: n for r, n in counts.items() if r not in fixed}), fixed
+
+
 class Skip(Exception):
     """Raised inside :func:`prepare_example`; carries the reason and a human-readable detail."""
 

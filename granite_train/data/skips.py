@@ -24,7 +24,6 @@ HINTS: dict[str, str] = {
     "held_out": "the held-out split took it (holdout=exclude)",
     "not_held_out": "outside the held-out split (holdout=only)",
     "other_split": "its manifest `split` column names another split",
-    "known_bad": "skipped before in this run",
 }
 
 

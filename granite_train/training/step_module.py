@@ -90,7 +90,7 @@ class StepSkippingModule(L.LightningModule):
     # ------------------------------------------------------------------------------------------
     def compute_loss(self, batch) -> tuple[torch.Tensor, dict[str, float | torch.Tensor]]:
         """The loss of one training micro-batch and extra values to log (``train/<name>``)."""
-        raise NotImplementedError
+        raise NotImplementedError  # abstract: each stage's module implements it
 
     def save_config(self, model: Any, **extra: Any) -> None:
         """Record the module's arguments as Lightning hyperparameters, in plain data only: checkpoints
