@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from types import SimpleNamespace
+from unittest.mock import patch
 
 import pytest
 import torch
+import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, GraniteSpeechForConditionalGeneration
 
 from granite_train.data.collate import Collator
@@ -399,6 +402,44 @@ def test_audio_ctc_trains_projector_and_head_not_the_llm(parts):
     assert float(head.proj.weight.grad.abs().max()) > 0
 
 
+def test_tied_audio_ctc_head_reads_the_llm_embeddings_by_cosine_and_trains_none_of_them(parts):
+    speech = _assemble(parts)
+    speech.set_trainable(projector=True, lora=False, llm=True)
+    table = speech.hf.get_input_embeddings().weight
+    vocab = len(speech.tokenizer)
+    blank = speech.tokenizer.pad_token_id
+    head = AudioCTCHead(speech.config.text_config.hidden_size, vocab, tied_to=lambda: table, blank=blank)
+    # no (V, D) matrix: a temperature and a bias per token
+    assert sum(p.numel() for p in head.parameters()) == vocab + 1
+    with torch.no_grad():
+        head.bias.copy_(torch.linspace(-1, 1, vocab))
+    audio = torch.randn(2, 7, table.shape[1]) * 3 + 0.5
+    logits = head(audio)
+    # by hand: 16 x cosine(layer-normed audio, embedding row) + bias (torch's cosine_similarity);
+    # the blank is read from its bias alone
+    normed = F.layer_norm(audio, audio.shape[-1:])
+    cosine = F.cosine_similarity(normed[:, :, None, :], table[:vocab].detach()[None, None], dim=-1)
+    cosine[..., blank] = 0.0
+    assert torch.allclose(logits, 16.0 * cosine + head.bias, atol=1e-4)
+    # the embedding pull reads blank as silence: a token the head reads as blank is pulled to zero
+    with torch.no_grad():
+        head.bias.fill_(-100.0)
+        head.bias[blank] = 100.0
+    pull = audio_embed_loss(audio, torch.tensor([7, 7]), head, table)
+    expected = audio.pow(2).sum(-1).mean() / table.detach().pow(2).sum(-1).mean()
+    assert float(pull) == pytest.approx(float(expected), rel=1e-5)
+    # with no bias, an audio token equal to an embedding row is read as that token
+    with torch.no_grad():
+        head.bias.zero_()
+    picks = torch.tensor([5, 9, 11])
+    assert head(table[picks].detach()[None]).argmax(-1).tolist() == [picks.tolist()]
+    # the gradient reaches the audio and the head, never the LLM's table
+    audio.requires_grad_(True)
+    head(audio).logsumexp(-1).sum().backward()
+    assert audio.grad is not None and float(audio.grad.abs().max()) > 0
+    assert head.log_scale.grad is not None and table.grad is None
+
+
 def test_audio_embed_loss_pulls_only_the_projector_to_the_embeddings_the_head_reads(parts):
     speech = _assemble(parts)
     speech.set_trainable(projector=True, lora=False, llm=True)
@@ -472,6 +513,53 @@ def test_stage2_module_adds_the_auxiliary_losses_the_exported_model_does_not_car
     # the head trains with the module but is no part of the model that is exported
     assert not any("audio_ctc" in n for n in module.model.state_dict())
     assert any(n.startswith("audio_ctc_head.") for n in module.state_dict())
+
+
+def test_projector_warmup_steps_train_the_projector_on_the_audio_losses_without_running_the_llm(parts):
+    from granite_train.training.speech_llm_module import SpeechLLMModule
+
+    model = dict(encoder=str(parts["encoder"]), llm=str(parts["llm"]), lora={"rank": 4}, projector=PROJ,
+                 train={"projector": True, "lora": True},
+                 loss={"audio_ctc_weight": 0.5, "audio_ctc_head": "tied", "audio_embed_weight": 0.25,
+                       "projector_warmup_steps": 3})  # fmt: skip
+    module = SpeechLLMModule(model, {"lr": 1e-3}, total_steps=10).train()
+    assert sum(p.numel() for p in module.audio_ctc_head.parameters()) == len(module.tokenizer) + 1
+    batch = _collate(module.model, _examples((16000, 12000)))
+    calls = []
+    hook = module.model.language_model.register_forward_hook(lambda *a: calls.append(1))
+    loss, extra = module.compute_loss(batch)  # global_step 0 < 3: warm-up
+    assert calls == [] and "lm_loss" not in extra
+    with torch.no_grad():
+        audio, counts = module.model.audio_embeds(batch.features, batch.feature_lengths)
+        ctc, _ = _audio_ctc(module.model, SimpleNamespace(audio_embeds=audio, audio_token_counts=counts),
+                            batch.labels, module.audio_ctc_head)  # fmt: skip
+        pull = audio_embed_loss(
+            audio, counts, module.audio_ctc_head, module.model.hf.get_input_embeddings().weight
+        )
+    assert float(loss) == pytest.approx(0.5 * float(ctc) + 0.25 * float(pull), rel=1e-5)
+    loss.backward()
+    assert float(module.model.projector.linear.weight.grad.abs().max()) > 0
+    lora = [p for n, p in module.model.language_model.named_parameters() if "lora_" in n]
+    assert lora and all(p.grad is not None and float(p.grad.abs().max()) == 0.0 for p in lora)  # DDP-safe
+    # from step 3 on the LLM runs and its loss is added
+    module.zero_grad()
+    with patch.object(type(module), "global_step", new=property(lambda self: 3)):
+        loss, extra = module.compute_loss(batch)
+    assert calls and "lm_loss" in extra
+    hook.remove()
+
+
+def test_projector_warmup_needs_the_audio_ctc(parts):
+    from granite_train.training.speech_llm_module import SpeechLLMModule
+
+    model = dict(encoder=str(parts["encoder"]), llm=str(parts["llm"]), lora=None, projector=PROJ,
+                 loss={"projector_warmup_steps": 10})  # fmt: skip
+    with pytest.raises(ValueError, match="projector_warmup_steps.*audio_ctc_weight"):
+        SpeechLLMModule(model, {"lr": 1e-3}, total_steps=10)
+    with pytest.raises(ValueError, match="audio_ctc_head must be one of linear, tied, not 'big'"):
+        SpeechLLMModule(
+            {**model, "loss": {"audio_ctc_weight": 1.0, "audio_ctc_head": "big"}}, {"lr": 1e-3}, 10
+        )
 
 
 def test_audio_ctc_head_keeps_a_zero_gradient_when_every_utterance_is_dropped(parts):

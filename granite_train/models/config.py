@@ -183,6 +183,9 @@ class GradientCheckpointing:
     encoder: bool = False
 
 
+AUDIO_CTC_HEADS = ("linear", "tied")
+
+
 @dataclass
 class SpeechLLMLossConfig:
     """Training-only objectives beside the cross-entropy (none published: 0 in the published recipe).
@@ -190,27 +193,49 @@ class SpeechLLMLossConfig:
     Attributes:
         audio_ctc_weight: > 0 adds a CTC of the audio tokens against the target tokens through a
             training-only head (:mod:`granite_train.training.speech_llm_losses`).
+        audio_ctc_head: that head's form: ``linear`` (its own (V, D) matrix: fits a small LLM
+            trained in full) or ``tied`` (a scaled cosine against the LLM's input embeddings, no
+            matrix: for a frozen pretrained LLM with a large vocabulary).
         audio_embed_weight: > 0 (needs the CTC head) pulls the audio tokens to the embeddings the
             head reads.
         target_token_noise: share of teacher-forced target inputs replaced by random tokens.
+        projector_warmup_steps: the first steps train the projector on the audio-token CTC (and the
+            embedding pull) alone, without running the LLM: ~30x cheaper steps on a 135 M LLM, so
+            the projector writes token embeddings before the LLM loss starts (needs
+            ``audio_ctc_weight`` > 0; hold the LLM's LoRA with ``optim.start_step`` to match).
         encoder_ctc_weight: > 0 adds the encoder's own self-conditioned character CTC (needs CTC
             targets in the data: ``prepare.ctc_targets: true``): keeps a training encoder's CTC
             head valid.
     """
 
     audio_ctc_weight: float = 0.0
+    audio_ctc_head: str = "linear"
     audio_embed_weight: float = 0.0
     target_token_noise: float = 0.0
     encoder_ctc_weight: float = 0.0
+    projector_warmup_steps: int = 0
 
     def __post_init__(self) -> None:
         if self.audio_ctc_weight < 0:
             raise ValueError(f"model.loss.audio_ctc_weight must be >= 0, not {self.audio_ctc_weight}")
+        if self.audio_ctc_head not in AUDIO_CTC_HEADS:
+            raise ValueError(
+                f"model.loss.audio_ctc_head must be one of {', '.join(AUDIO_CTC_HEADS)}, not {self.audio_ctc_head!r}"
+            )
         if self.audio_embed_weight < 0:
             raise ValueError(f"model.loss.audio_embed_weight must be >= 0, not {self.audio_embed_weight}")
         if self.audio_embed_weight > 0 and self.audio_ctc_weight <= 0:
             raise ValueError(
                 "model.loss.audio_embed_weight reads its targets from the audio-token CTC head: "
+                "set model.loss.audio_ctc_weight > 0 too"
+            )
+        if self.projector_warmup_steps < 0:
+            raise ValueError(
+                f"model.loss.projector_warmup_steps must be >= 0, not {self.projector_warmup_steps}"
+            )
+        if self.projector_warmup_steps > 0 and self.audio_ctc_weight <= 0:
+            raise ValueError(
+                "model.loss.projector_warmup_steps trains the projector on the audio-token CTC alone: "
                 "set model.loss.audio_ctc_weight > 0 too"
             )
         if self.encoder_ctc_weight < 0:

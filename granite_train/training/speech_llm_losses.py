@@ -13,6 +13,9 @@ tiny model did not learn", trials 12-14). The published recipe keeps every weigh
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -21,18 +24,58 @@ from granite_train.speech_format import IGNORE_INDEX
 
 
 class AudioCTCHead(nn.Module):
-    """CTC head on the projected audio tokens: LayerNorm (no affine) + Linear to the LLM vocabulary.
+    """CTC head on the projected audio tokens: LayerNorm (no affine), then either a Linear to the
+    LLM vocabulary or, ``tied_to`` given, a scaled cosine against the LLM's own input embeddings.
 
-    The LayerNorm keeps it blind to the audio tokens' scale, which it leaves to the LLM.
+    The LayerNorm keeps it blind to the audio tokens' scale, which it leaves to the LLM. The tied
+    form has no (V, D) matrix of its own (28 M parameters over a 49k vocabulary at width 576, ten
+    times the trainable set of a LoRA recipe): an audio token is read as the token whose embedding
+    points its way, which is what a frozen pretrained LLM reads. Only a temperature and a
+    per-token bias train; the table is a constant here (``tied_to`` returns it; it is not a
+    parameter of this head, so it is neither trained nor saved twice). In the tied form the blank
+    (``blank``, the pad token) is no token to read: its logit is its bias alone, and
+    :func:`audio_embed_loss` pulls blank audio tokens to zero, which a frozen LLM's attention
+    reads as nothing (a zero input has zero keys and values), rather than to the pad embedding,
+    which for an instruct LLM is its end-of-turn marker.
     """
 
-    def __init__(self, width: int, vocab_size: int):
+    def __init__(
+        self,
+        width: int,
+        vocab_size: int,
+        tied_to: Callable[[], torch.Tensor] | None = None,
+        blank: int | None = None,
+    ):
         super().__init__()
+        if tied_to is not None and blank is None:
+            raise ValueError("a tied audio-CTC head needs the blank (pad) token id")
         self.norm = nn.LayerNorm(width, elementwise_affine=False)
-        self.proj = nn.Linear(width, vocab_size)
+        self._table = tied_to
+        self.blank = blank
+        if tied_to is None:
+            self.proj = nn.Linear(width, vocab_size)
+        else:
+            self.proj = None
+            # cosine logits in [-1, 1] need a sharp temperature for a 49k-way softmax
+            self.log_scale = nn.Parameter(torch.tensor(math.log(16.0)))
+            self.bias = nn.Parameter(torch.zeros(vocab_size))
+
+    @property
+    def tied(self) -> bool:
+        return self.proj is None
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
-        return self.proj(self.norm(audio))
+        normed = self.norm(audio)
+        if self.proj is not None:
+            return self.proj(normed)
+        direction = normed / math.sqrt(normed.shape[-1])  # unit RMS -> unit norm
+        return self.log_scale.exp() * (direction @ self.reading_table().to(direction.dtype).T) + self.bias
+
+    def reading_table(self) -> torch.Tensor:
+        """(V, D) the unit embedding rows the tied head reads, the blank's row zero."""
+        table = F.normalize(self._table().detach()[: self.bias.shape[0]].float(), dim=-1)
+        table[self.blank] = 0.0
+        return table
 
 
 def _real_audio(audio: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
@@ -106,7 +149,11 @@ def audio_embed_loss(
         table = embeddings.float()
         probs = head(real).float().softmax(-1)
         width = min(probs.shape[-1], table.shape[0])
-        target = probs[:, :width] @ table[:width]
+        reads = table[:width]
+        if head.tied:  # blank reads as silence: zero, not the pad embedding
+            reads = reads.clone()
+            reads[head.blank] = 0.0
+        target = probs[:, :width] @ reads
         scale = table.pow(2).sum(-1).mean().clamp_min(1e-12)
     return (real - target).pow(2).sum(-1).mean() / scale
 

@@ -75,6 +75,7 @@ class SpeechLLMModule(StepSkippingModule):
         self.audio_embed_weight = float(model.loss.audio_embed_weight)
         self.target_token_noise = float(model.loss.target_token_noise)
         self.encoder_ctc_weight = float(model.loss.encoder_ctc_weight)
+        self.projector_warmup_steps = int(model.loss.projector_warmup_steps)
         self.model = build_speech_llm(model)
         self.encoder_cache = None
         cache_gb = float(model.encoder_cache_gb or 0)
@@ -92,8 +93,12 @@ class SpeechLLMModule(StepSkippingModule):
         # training-only: it lives here, not in the exported model
         self.audio_ctc_head = None
         if self.audio_ctc_weight > 0:
+            tied = model.loss.audio_ctc_head == "tied"
             self.audio_ctc_head = AudioCTCHead(
-                self.model.config.text_config.hidden_size, len(self.model.tokenizer)
+                self.model.config.text_config.hidden_size,
+                len(self.model.tokenizer),
+                tied_to=(lambda: self.model.hf.get_input_embeddings().weight) if tied else None,
+                blank=self.tokenizer.pad_token_id,
             )
         # a training encoder keeps its CTC head valid (the speculative-decoding draft)
         self.encoder_ctc = SelfConditionedCTCLoss() if self.encoder_ctc_weight > 0 else None
@@ -130,6 +135,8 @@ class SpeechLLMModule(StepSkippingModule):
             hidden = self.encoder_cache(batch.ids, batch.features, batch.feature_lengths, self.model.encode)
             self.counters.update({f"encoder_cache/{k}": v for k, v in self.encoder_cache.counts.items()})
             self.encoder_cache.counts.clear()
+        if self.training and self.global_step < self.projector_warmup_steps:
+            return self._projector_warmup_loss(batch, hidden)
         out = self.model(
             input_ids,
             batch.attention_mask,
@@ -141,36 +148,7 @@ class SpeechLLMModule(StepSkippingModule):
         self.counters["target_tokens"] += out.num_tokens
         loss = out.loss
         extra = {"token_acc": out.num_correct / out.num_tokens, "lm_loss": out.loss.detach()}
-        rms = audio_rms(out.audio_embeds, out.audio_token_counts)
-        if rms is not None:
-            extra["audio_rms"] = rms
-        if self.audio_ctc_head is not None:
-            audio, counts = out.audio_embeds, out.audio_token_counts
-            ctc, dropped = audio_ctc_loss(
-                audio, counts, batch.labels, self.audio_ctc_head, blank=self.tokenizer.pad_token_id
-            )
-            if self.global_step in self.aux_dropped_steps and (
-                self.fault_ranks is None or self.global_rank in self.fault_ranks
-            ):  # test hook: as if no utterance of this batch could be aligned
-                ctc, dropped = None, len(batch.ids)
-                log.warning(
-                    "fault injection: no audio-CTC loss at step %d on rank %d",
-                    self.global_step,
-                    self.global_rank,
-                )
-            if dropped:
-                self.counters["skipped/audio_ctc_too_short"] += dropped
-            if ctc is not None:
-                loss = loss + self.audio_ctc_weight * ctc
-                extra["audio_ctc_loss"] = ctc.detach()
-            else:  # every utterance dropped: the head stays in the graph with a zero gradient, so
-                # that DDP, reducing every parameter's gradient, does not wait on this rank
-                loss = loss + 0.0 * sum(p.sum() for p in self.audio_ctc_head.parameters())
-            if self.audio_embed_weight > 0:
-                table = self.model.hf.get_input_embeddings().weight
-                pull = audio_embed_loss(audio, counts, self.audio_ctc_head, table)
-                loss = loss + self.audio_embed_weight * pull
-                extra["audio_embed_loss"] = pull.detach()
+        loss = self._add_audio_losses(loss, extra, batch, out.audio_embeds, out.audio_token_counts)
         if self.encoder_ctc is not None and out.encoder is not None:
             if batch.targets is None or not bool(batch.target_lengths.any()):
                 raise ValueError(
@@ -185,6 +163,51 @@ class SpeechLLMModule(StepSkippingModule):
             if not ctc.all_dropped:
                 extra["encoder_ctc_loss"] = ctc.loss.detach()
         return loss, extra
+
+    def _projector_warmup_loss(self, batch, hidden):
+        """The audio-token CTC (+ embedding pull) on the projector's output alone: the LLM does not
+        run (``model.loss.projector_warmup_steps``). Trainable LLM parameters join the loss at zero
+        weight so that DDP, which reduces every trainable gradient, does not wait on them."""
+        audio, counts = self.model.audio_embeds(batch.features, batch.feature_lengths, hidden)
+        extra: dict = {}
+        resting = [p for p in self.model.language_model.parameters() if p.requires_grad]
+        loss = 0.0 * sum(p.sum() for p in resting) if resting else audio.sum() * 0.0
+        loss = self._add_audio_losses(loss, extra, batch, audio, counts)
+        return loss, extra
+
+    def _add_audio_losses(self, loss, extra: dict, batch, audio, counts):
+        """``loss`` + the weighted training-only audio-token objectives; their values go in ``extra``."""
+        rms = audio_rms(audio, counts)
+        if rms is not None:
+            extra["audio_rms"] = rms
+        if self.audio_ctc_head is None:
+            return loss
+        ctc, dropped = audio_ctc_loss(
+            audio, counts, batch.labels, self.audio_ctc_head, blank=self.tokenizer.pad_token_id
+        )
+        if self.global_step in self.aux_dropped_steps and (
+            self.fault_ranks is None or self.global_rank in self.fault_ranks
+        ):  # test hook: as if no utterance of this batch could be aligned
+            ctc, dropped = None, len(batch.ids)
+            log.warning(
+                "fault injection: no audio-CTC loss at step %d on rank %d",
+                self.global_step,
+                self.global_rank,
+            )
+        if dropped:
+            self.counters["skipped/audio_ctc_too_short"] += dropped
+        if ctc is not None:
+            loss = loss + self.audio_ctc_weight * ctc
+            extra["audio_ctc_loss"] = ctc.detach()
+        else:  # every utterance dropped: the head stays in the graph with a zero gradient, so
+            # that DDP, reducing every parameter's gradient, does not wait on this rank
+            loss = loss + 0.0 * sum(p.sum() for p in self.audio_ctc_head.parameters())
+        if self.audio_embed_weight > 0:
+            table = self.model.hf.get_input_embeddings().weight
+            pull = audio_embed_loss(audio, counts, self.audio_ctc_head, table)
+            loss = loss + self.audio_embed_weight * pull
+            extra["audio_embed_loss"] = pull.detach()
+        return loss
 
     # ------------------------------------------------------------------------------------------
     # validation
