@@ -420,3 +420,17 @@ def test_testset_end_to_end_with_espeak(tmp_path):
     assert (out / "README.md").is_file() and len((out / "sentences.jsonl").read_text().splitlines()) == 6
     again = build_testset(out, num_sentences=6, num_distractors=3, num_workers=1, progress=False)
     assert again.tts.shards_written == 0 and again.num_examples == 6
+
+
+def test_testset_from_unseen_entities_uses_no_name_said_in_training():
+    from data_prep.keywords.testset import ENTITIES, make_sentences, unseen_entities
+
+    training = ["We flew to Reykjavik with Ingrid.", "The NASA launch was late.", "ingrid sings"]
+    kept = unseen_entities(training)
+    # by hand: exactly the three named entities are gone, matched case-insensitively
+    assert set(ENTITIES) - set(kept) == {"Reykjavik", "Ingrid", "NASA"}
+    sentences = make_sentences(60, seed=1, entities=kept)
+    used = {w for s in sentences for w in [*s.bias_words, *s.keywords]}
+    assert used and used <= set(kept)
+    with pytest.raises(ValueError, match="fewer than 2 allowed entities"):
+        make_sentences(5, entities=("Ingrid", "Reykjavik"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from pathlib import Path
 
 from data_prep.keywords.generate import CHECK_AUDIO
 from data_prep.keywords.select import KeywordConfig
@@ -84,8 +85,29 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--kokoro-dir", help="local Kokoro-82M folder")
     t.add_argument("--shard-size", type=int, default=500)
     t.add_argument("--num-workers", type=int, help="TTS worker processes (default: all cores)")
+    t.add_argument(
+        "--unseen-in",
+        help="a dataset folder (parquet with a text column, e.g. the training corpus): use only the "
+        "names and acronyms said in none of its transcripts",
+    )
     t.add_argument("--quiet", action="store_true")
     return p
+
+
+def _unseen_in(folder: str, quiet: bool) -> tuple[str, ...]:
+    """The bundled entities said in no transcript of the parquet dataset under ``folder``."""
+    import pyarrow.parquet as pq
+
+    from data_prep.keywords.testset import ENTITIES, unseen_entities
+
+    files = sorted(Path(folder).rglob("*.parquet"))
+    if not files:
+        raise SystemExit(f"--unseen-in {folder}: no parquet files there (a dataset folder with a text column)")
+    texts = [t for f in files for t in pq.read_table(f, columns=["text"]).column("text").to_pylist() if t]
+    kept = unseen_entities(texts)
+    if not quiet:
+        print(f"entities said in none of {len(texts)} transcripts of {folder}: {len(kept)} of {len(ENTITIES)}")
+    return kept
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,8 +166,12 @@ def main(argv: list[str] | None = None) -> int:
                 backend = get_backend("espeak")
         except BackendUnavailableError as e:
             raise SystemExit(f"error: {e}") from e
+        entities = None
+        if args.unseen_in:
+            entities = _unseen_in(args.unseen_in, quiet=args.quiet)
         build_testset(
             args.out,
+            entities=entities,
             num_sentences=args.num_sentences,
             seed=args.seed,
             num_distractors=args.num_distractors,

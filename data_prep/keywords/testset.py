@@ -136,10 +136,28 @@ class BiasSentence:
         return {"text": self.text, "bias_words": self.bias_words, "keywords": self.keywords}
 
 
-def make_sentences(num_sentences: int, *, seed: int = 0, num_distractors: int = 10) -> list[BiasSentence]:
-    """``num_sentences`` distinct template sentences with their keyword lists (deterministic)."""
+def unseen_entities(texts) -> tuple[str, ...]:
+    """The bundled entities said in none of ``texts`` (e.g. a training set's transcripts): a test
+    set made of these measures biasing on words the model never heard in training."""
+    from data_prep.keywords.select import _spaced
+
+    spoken = " ".join(_spaced(t) for t in texts) + " "
+    return tuple(e for e in ENTITIES if _spaced(e) not in spoken)
+
+
+def make_sentences(
+    num_sentences: int, *, seed: int = 0, num_distractors: int = 10, entities: tuple[str, ...] | None = None
+) -> list[BiasSentence]:
+    """``num_sentences`` distinct template sentences with their keyword lists (deterministic).
+
+    ``entities``: the entities they may use, bias words and distractors alike (default: all)."""
     if num_sentences < 1:
         raise ValueError("num_sentences must be >= 1")
+    allowed = set(ENTITIES if entities is None else entities)
+    pools = {kind: [e for e in pool if e in allowed] for kind, pool in _POOLS.items()}
+    short = {kind: len(pool) for kind, pool in pools.items() if len(pool) < 2}
+    if short:
+        raise ValueError(f"fewer than 2 allowed entities of kind {short}: the templates need two of each")
     rng = random.Random(f"keyword-testset\x00{seed}")
     out: list[BiasSentence] = []
     seen: set[str] = set()
@@ -151,7 +169,7 @@ def make_sentences(num_sentences: int, *, seed: int = 0, num_distractors: int = 
         template = rng.choice(TEMPLATES)
         chosen: dict[str, str] = {}
         for kind in ("person", "place", "company", "acronym"):
-            a, b = rng.sample(_POOLS[kind], 2)
+            a, b = rng.sample(pools[kind], 2)
             chosen[kind], chosen[kind + "2"] = a, b
         bias: list[str] = []
 
@@ -164,7 +182,7 @@ def make_sentences(num_sentences: int, *, seed: int = 0, num_distractors: int = 
         if text in seen:
             continue
         seen.add(text)
-        others = [e for e in ENTITIES if not occurs_in(e, text)]
+        others = [e for e in ENTITIES if e in allowed and not occurs_in(e, text)]
         distractors = rng.sample(others, min(num_distractors, len(others)))
         keywords = list(dict.fromkeys(bias)) + distractors
         rng.shuffle(keywords)
@@ -205,15 +223,18 @@ def build_testset(
     num_workers: int | None = None,
     progress: bool = True,
     command: str | None = None,
+    entities: tuple[str, ...] | None = None,
 ) -> TestsetSummary:
-    """Make the sentences, speak them (resumable, in ``OUT/.tts``) and write the annotated dataset."""
+    """Make the sentences, speak them (resumable, in ``OUT/.tts``) and write the annotated dataset.
+
+    ``entities``: restrict the names and acronyms (:func:`unseen_entities`)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from data_prep.tts.generate import generate_corpus, normalize_sentence
 
     out = Path(out_dir)
-    sentences = make_sentences(num_sentences, seed=seed, num_distractors=num_distractors)
+    sentences = make_sentences(num_sentences, seed=seed, num_distractors=num_distractors, entities=entities)
     by_text = {normalize_sentence(s.text): s for s in sentences}
     tts = generate_corpus(
         {"en": [s.text for s in sentences]},
