@@ -118,6 +118,13 @@ def test_sets(config: AddLanguageConfig, corpus: Path) -> list[SourceSpec]:
     ]
 
 
+ENCODER_ARCHITECTURE = (
+    "input_dim", "num_layers", "hidden_dim", "feedforward_mult", "num_heads", "dim_head", "output_dim",
+    "context_size", "max_pos_emb", "conv_kernel_size", "conv_expansion_factor",
+)  # fmt: skip
+"""Encoder config fields a stage-1 recipe names and a continued encoder must keep (not dropout)."""
+
+
 def stage1_overrides(
     config: AddLanguageConfig, init: Path, sources: list[SourceSpec], tests: list[SourceSpec], out: Path
 ) -> list[str]:
@@ -142,8 +149,9 @@ def stage1_overrides(
         f"trainer.val_every_n_steps={max(1, stage.steps // 2)}",
         f"trainer.checkpoint_every_n_steps={max(1, stage.steps // 4)}",
     ]
-    if Path(init).is_dir():  # the recipe's model group names the base head size: the init's instead
-        overrides.append(f"model.encoder.output_dim={read_hf_folder(init)[0].output_dim}")
+    if Path(init).is_dir():  # the recipe's model group names an architecture: the init's instead
+        encoder = read_hf_folder(init)[0]
+        overrides += [f"model.encoder.{k}={getattr(encoder, k)}" for k in ENCODER_ARCHITECTURE]
     if stage.lr is not None:
         overrides.append(f"optim.lr={float(stage.lr)}")
     if stage.head_only_steps:  # the grown head first learns the new letters from the old features

@@ -191,18 +191,12 @@ def test_eval_probes_runs(stand_in, eval_set, tmp_path):
 )
 def test_add_language_runs(stand_in, tmp_path):
     """The stand-in is both the encoder to extend and the speech LLM to continue. The stage-1 recipe
-    (ctc_tiny_en) names another encoder architecture: its model section is restated from the
-    stand-in's encoder (what AddLanguageStage1.recipe asks: "its model section must fit the encoder")."""
+    (ctc_tiny_en) names another encoder architecture (4 x 128): add-language takes the stand-in's
+    own (2 x 64) without being told."""
     from granite_train.models.export import read_ctc_vocab
-    from granite_train.recipes import load_recipe
 
     released = stand_in["released"]
     encoder_config = _config(released)["encoder_config"]
-    architecture = [
-        f"model.encoder.{k}={encoder_config[k]}"
-        for k in load_recipe("ctc_tiny_en")["model"]["encoder"]
-        if k not in ("output_dim", "dropout")
-    ]
     old = tmp_path / "old"
     make_corpus(old, "train", n=4, durations=(1.0, 2.0), seed=1)
     make_corpus(old, "test", n=2, num_shards=1, durations=(0.5, 1.0), seed=2)
@@ -214,7 +208,7 @@ def test_add_language_runs(stand_in, tmp_path):
         "trainer.threads=1",
         "trainer.precision=32-true",
     ]
-    stage1 = [*tiny, *architecture, "data.train.oov_policy=reject"]
+    stage1 = [*tiny, "data.train.oov_policy=reject"]
     stage2 = [*tiny, "model.lora={rank: 4, alpha: 4}"]
     out = tmp_path / "add_el"
     run_cli(
@@ -230,6 +224,9 @@ def test_add_language_runs(stand_in, tmp_path):
     speech_after = out / "stage2" / "speech_llm_hf"
     config = _config(speech_after)
     assert config["encoder_config"]["output_dim"] == 348 + len(added)
+    for key in ("num_layers", "hidden_dim", "num_heads", "dim_head"):  # the stand-in's, not the recipe's
+        assert config["encoder_config"][key] == encoder_config[key]
+    assert (encoder_config["num_layers"], encoder_config["hidden_dim"]) == (2, 64)
     assert read_ctc_vocab(speech_after).extra_symbols == tuple(added)
     _assert_llm_config(config["text_config"], _config(stand_in["llm"]))
     assert config["has_lora_adapter"] is False and _vocab(speech_after) == _vocab(stand_in["llm"])

@@ -17,7 +17,8 @@ class AddLanguageStage1:
     """The continued stage 1: the extended encoder trained on the new language (+ replay).
 
     Attributes:
-        recipe: the stage-1 recipe continued (its model section must fit the encoder).
+        recipe: the stage-1 recipe continued (the encoder architecture is taken from the
+            starting encoder folder, whatever the recipe names).
         steps: optimizer steps, >= 1.
         lr: peak LR; None = the recipe's.
         old_layers_lr_scale: LR factor of the encoder below the CTC head (< 1: it learns slower,
