@@ -440,6 +440,32 @@ def test_tied_audio_ctc_head_reads_the_llm_embeddings_by_cosine_and_trains_none_
     assert head.log_scale.grad is not None and table.grad is None
 
 
+def test_tied_audio_ctc_reads_the_heard_tokens_only(speech):
+    table = speech.hf.get_input_embeddings().weight
+    blank, vocab = speech.tokenizer.pad_token_id, len(speech.tokenizer)
+    head = AudioCTCHead(speech.config.text_config.hidden_size, vocab, tied_to=lambda: table, blank=blank)
+    batch = _collate(speech, _examples((16000, 12000)))
+    with torch.no_grad():
+        out = _loss(speech, batch)
+        ctc, dropped = _audio_ctc(speech, out, batch.labels, head)
+    targets = [row[row != IGNORE_INDEX][:-1] for row in batch.labels]
+    heard = sorted({blank, *torch.cat(targets).tolist()})
+    assert dropped == 0 and head.heard.nonzero().squeeze(1).tolist() == heard
+    # by hand: torch's CTC over the logits of the heard rows, targets renumbered into them
+    ids = torch.tensor(heard)
+    with torch.no_grad():
+        logits = head(out.audio_embeds, rows=ids).float().log_softmax(-1).transpose(0, 1)
+    renumber = {t: i for i, t in enumerate(heard)}
+    flat = torch.tensor([renumber[t] for t in torch.cat(targets).tolist()])
+    lengths = torch.tensor([len(t) for t in targets])
+    expected = F.ctc_loss(
+        logits, flat, out.audio_token_counts, lengths, blank=renumber[blank], reduction="sum"
+    )
+    assert float(ctc) == pytest.approx(float(expected) / int(lengths.sum()), rel=1e-5)
+    # the heard set is kept with the checkpoint
+    assert torch.equal(head.state_dict()["heard"], head.heard)
+
+
 def test_audio_embed_loss_pulls_only_the_projector_to_the_embeddings_the_head_reads(parts):
     speech = _assemble(parts)
     speech.set_trainable(projector=True, lora=False, llm=True)

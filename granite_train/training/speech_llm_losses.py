@@ -36,7 +36,9 @@ class AudioCTCHead(nn.Module):
     (``blank``, the pad token) is no token to read: its logit is its bias alone, and
     :func:`audio_embed_loss` pulls blank audio tokens to zero, which a frozen LLM's attention
     reads as nothing (a zero input has zero keys and values), rather than to the pad embedding,
-    which for an instruct LLM is its end-of-turn marker.
+    which for an instruct LLM is its end-of-turn marker. The tied losses read only the tokens
+    heard in training targets so far (``heard``, a growing set kept with the checkpoint): English
+    transcripts use a few thousand of SmolLM2's 49k tokens, and the head's cost follows that.
     """
 
     def __init__(
@@ -59,23 +61,35 @@ class AudioCTCHead(nn.Module):
             # cosine logits in [-1, 1] need a sharp temperature for a 49k-way softmax
             self.log_scale = nn.Parameter(torch.tensor(math.log(16.0)))
             self.bias = nn.Parameter(torch.zeros(vocab_size))
+            heard = torch.zeros(vocab_size, dtype=torch.bool)
+            heard[blank] = True
+            self.register_buffer("heard", heard)
 
     @property
     def tied(self) -> bool:
         return self.proj is None
 
-    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+    def forward(self, audio: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits over the vocabulary, or (tied head) over the token ids ``rows`` only."""
         normed = self.norm(audio)
         if self.proj is not None:
             return self.proj(normed)
+        table, bias = self.reading_table(), self.bias
+        if rows is not None:
+            table, bias = table[rows], bias[rows]
         direction = normed / math.sqrt(normed.shape[-1])  # unit RMS -> unit norm
-        return self.log_scale.exp() * (direction @ self.reading_table().to(direction.dtype).T) + self.bias
+        return self.log_scale.exp() * (direction @ table.to(direction.dtype).T) + bias
 
     def reading_table(self) -> torch.Tensor:
         """(V, D) the unit embedding rows the tied head reads, the blank's row zero."""
         table = F.normalize(self._table().detach()[: self.bias.shape[0]].float(), dim=-1)
         table[self.blank] = 0.0
         return table
+
+    def hear(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Adds ``tokens`` to the heard set; returns the set's ids (sorted, blank included)."""
+        self.heard[tokens.to(self.heard.device)] = True
+        return self.heard.nonzero().squeeze(1)
 
 
 def _real_audio(audio: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
@@ -116,9 +130,16 @@ def audio_ctc_loss(
     if not bool(keep.any()):
         return None, dropped
     rows = keep.nonzero().squeeze(1)
-    logits = head(audio[rows.to(audio.device)]).float()
-    log_probs = logits.log_softmax(-1).transpose(0, 1)  # (Q, B, V)
     flat = torch.cat([targets[i] for i in rows.tolist()]).to(audio.device)
+    if head.tied:  # over the tokens heard so far: targets and blank renumbered into that set
+        ids = head.hear(flat)
+        position = torch.full_like(head.heard, -1, dtype=torch.long)
+        position[ids] = torch.arange(len(ids), device=position.device)
+        logits = head(audio[rows.to(audio.device)], rows=ids).float()
+        flat, blank = position[flat], int(position[blank])
+    else:
+        logits = head(audio[rows.to(audio.device)]).float()
+    log_probs = logits.log_softmax(-1).transpose(0, 1)  # (Q, B, V)
     loss = F.ctc_loss(
         log_probs,
         flat,
@@ -147,13 +168,15 @@ def audio_embed_loss(
     real = _real_audio(audio, counts).float()
     with torch.no_grad():
         table = embeddings.float()
-        probs = head(real).float().softmax(-1)
-        width = min(probs.shape[-1], table.shape[0])
-        reads = table[:width]
-        if head.tied:  # blank reads as silence: zero, not the pad embedding
-            reads = reads.clone()
-            reads[head.blank] = 0.0
-        target = probs[:, :width] @ reads
+        if head.tied:  # the heard tokens; blank reads as silence: zero, not the pad embedding
+            ids = head.heard.nonzero().squeeze(1)
+            reads = table[ids].clone()
+            reads[ids == head.blank] = 0.0
+            target = head(real, rows=ids).float().softmax(-1) @ reads
+        else:
+            probs = head(real).float().softmax(-1)
+            width = min(probs.shape[-1], table.shape[0])
+            target = probs[:, :width] @ table[:width]
         scale = table.pow(2).sum(-1).mean().clamp_min(1e-12)
     return (real - target).pow(2).sum(-1).mean() / scale
 
