@@ -415,12 +415,13 @@ def test_tied_audio_ctc_head_reads_the_llm_embeddings_by_cosine_and_trains_none_
         head.bias.copy_(torch.linspace(-1, 1, vocab))
     audio = torch.randn(2, 7, table.shape[1]) * 3 + 0.5
     logits = head(audio)
-    # by hand: 16 x cosine(layer-normed audio, embedding row) + bias (torch's cosine_similarity);
-    # the blank is read from its bias alone
-    normed = F.layer_norm(audio, audio.shape[-1:])
-    cosine = F.cosine_similarity(normed[:, :, None, :], table[:vocab].detach()[None, None], dim=-1)
+    # by hand: 24 x cosine(audio, embedding row), both centred on the mean embedding, + bias
+    # (torch's cosine_similarity); the blank is read from its bias alone
+    rows = table[:vocab].detach()
+    center = rows.mean(0)
+    cosine = F.cosine_similarity((audio - center)[:, :, None, :], (rows - center)[None, None], dim=-1)
     cosine[..., blank] = 0.0
-    assert torch.allclose(logits, 16.0 * cosine + head.bias, atol=1e-4)
+    assert torch.allclose(logits, 24.0 * cosine + head.bias, atol=1e-4)
     # the embedding pull reads blank as silence: a token the head reads as blank is pulled to zero
     with torch.no_grad():
         head.bias.fill_(-100.0)
