@@ -22,7 +22,6 @@ from torch import nn
 
 from granite_train.speech_format import IGNORE_INDEX
 
-
 INITIAL_TIED_SCALE = 24.0
 """The tied head's initial logit scale: a cosine of 1 against ~0.1 for other tokens is ~20 nats."""
 
