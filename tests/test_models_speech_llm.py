@@ -409,8 +409,11 @@ def test_tied_audio_ctc_head_reads_the_llm_embeddings_by_cosine_and_trains_none_
     vocab = len(speech.tokenizer)
     blank = speech.tokenizer.pad_token_id
     head = AudioCTCHead(speech.config.text_config.hidden_size, vocab, tied_to=lambda: table, blank=blank)
-    # no (V, D) matrix: a temperature and a bias per token
+    # no (V, D) matrix: a temperature and a bias per token; the blank starts at a cosine of 0.4
     assert sum(p.numel() for p in head.parameters()) == vocab + 1
+    assert float(head.bias[blank]) == pytest.approx(0.4 * 24.0) and float(
+        head.bias.abs().sum()
+    ) == pytest.approx(9.6)
     with torch.no_grad():
         head.bias.copy_(torch.linspace(-1, 1, vocab))
     audio = torch.randn(2, 7, table.shape[1]) * 3 + 0.5
