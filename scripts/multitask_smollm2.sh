@@ -41,7 +41,8 @@ TEST="[{name: tts_en_engines_test, path: $CORPUS, split: test, language: en}]"
 "$GT" eval model_path="$ENCODER" output_dir="$OUT/eval_encoder_ctc" "datasets=$TEST"
 
 # 4. keyword biasing on names and acronyms never said in training
-"$GT" eval model_path="$MODEL" output_dir="$OUT/eval_biasing" keywords_in_prompt=both \
+# (48 new tokens: every reference fits; a looping hypothesis costs 200 steps a batch otherwise)
+"$GT" eval model_path="$MODEL" output_dir="$OUT/eval_biasing" keywords_in_prompt=both max_new_tokens=48 batch_size=32 \
   "datasets=[{name: kw_unseen, path: work/kw/testset_unseen, split: test, language: en}]"
 
 # 5. speculative decoding: the curve over thresholds (one process, alternating rounds)
@@ -51,6 +52,7 @@ TEST="[{name: tts_en_engines_test, path: $CORPUS, split: test, language: en}]"
 # 6. hallucination: FSDD one-word clips of a speaker no model trained on + the probes, gate off and on
 FSDD="[{name: fsdd_yweweler, path: ../shared/data/fsdd, kind: audiofolder, split: train, id_column: null,"
 FSDD+=" language: en, holdout: only, holdout_speakers: [yweweler]}]"
-"$GT" eval model_path="$MODEL" output_dir="$OUT/hallucination_autoregressive" probes=true "datasets=$FSDD"
+"$GT" eval model_path="$MODEL" output_dir="$OUT/hallucination_autoregressive" probes=true max_new_tokens=48 \
+  batch_size=32 "datasets=$FSDD"
 "$GT" eval model_path="$MODEL" output_dir="$OUT/hallucination_speculative" probes=true decoding=speculative \
-  "datasets=$FSDD"
+  max_new_tokens=48 batch_size=32 "datasets=$FSDD"
