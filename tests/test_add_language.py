@@ -35,6 +35,15 @@ CFG = AddLanguageConfig(language="el", encoder="enc", old_corpus="/data/en", ref
                         stage1=AddLanguageStage1(recipe="ctc_tiny_en", steps=40))  # fmt: skip
 
 
+TINY_TRAINING = [
+    "data.num_workers=0",
+    "data.train.max_frames=600",
+    "trainer.threads=1",
+    "trainer.precision=32-true",
+]
+"""Overrides that make an add-language stage a seconds-long CPU run (also tests/test_released_imported_llm.py)."""
+
+
 def test_replay_share_sets_the_mixture_weights():
     cfg = replace(CFG, replay_share=0.3, extra_sources=[{"name": "mine", "path": "/x", "weight": 3.0}])
     sources = {s.name: s for s in training_sources(cfg, Path("/c"))}
@@ -191,12 +200,7 @@ def test_add_language_end_to_end_then_resume(tmp_path):
     greek = (ROOT / "data_prep" / "texts" / "el.txt").read_text().splitlines()[:24]
     (tmp_path / "el.txt").write_text("\n".join(greek) + "\n")
     out = tmp_path / "add_el"
-    tiny = [
-        "data.num_workers=0",
-        "data.train.max_frames=600",
-        "trainer.threads=1",
-        "trainer.precision=32-true",
-    ]
+    tiny = TINY_TRAINING
     # stage 1 rejects (and counts) any utterance with a character its vocabulary cannot write
     stage1 = [*tiny, "data.train.oov_policy=reject"]
     stage2 = [*tiny, "model.lora={rank: 4, alpha: 4}", "data.train.max_frames=1200"]

@@ -23,6 +23,7 @@ from safetensors.torch import load_file
 pytest.importorskip("gguf", reason="the gguf package writes the tiny GGUF file (pip install gguf)")
 
 from tests.corpus import audio_bytes, make_corpus, speechlike, write_parquet  # noqa: E402
+from tests.test_add_language import TINY_TRAINING  # noqa: E402
 from tests.test_finetune import _audio  # noqa: E402  (18 clips, speakers alice / bob / carol)
 from tests.test_import_llm import write_tiny_gguf  # noqa: E402
 
@@ -202,12 +203,7 @@ def test_add_language_runs(stand_in, tmp_path):
     make_corpus(old, "test", n=2, num_shards=1, durations=(0.5, 1.0), seed=2)
     greek = (ROOT / "data_prep" / "texts" / "el.txt").read_text().splitlines()[:8]
     (tmp_path / "el.txt").write_text("\n".join(greek) + "\n")
-    tiny = [
-        "data.num_workers=0",
-        "data.train.max_frames=600",
-        "trainer.threads=1",
-        "trainer.precision=32-true",
-    ]
+    tiny = TINY_TRAINING
     stage1 = [*tiny, "data.train.oov_policy=reject"]
     stage2 = [*tiny, "model.lora={rank: 4, alpha: 4}"]
     out = tmp_path / "add_el"

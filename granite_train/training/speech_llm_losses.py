@@ -29,14 +29,14 @@ INITIAL_BLANK_COSINE = 0.4
 
 
 class AudioCTCHead(nn.Module):
-    """CTC head on the projected audio tokens: LayerNorm (no affine), then either a Linear to the
-    LLM vocabulary or, ``tied_to`` given, a scaled cosine against the LLM's own input embeddings.
+    """CTC head on the projected audio tokens: a LayerNorm (no affine) and a Linear to the LLM
+    vocabulary or, ``tied_to`` given, a scaled cosine against the LLM's own input embeddings.
 
     The LayerNorm (the cosine, tied) keeps it blind to the audio tokens' scale, which it leaves to
-    the LLM. The tied form has no (V, D) matrix of its own (28 M parameters over a 49k vocabulary at width 576, ten
-    times the trainable set of a LoRA recipe): an audio token is read as the token whose embedding
-    points its way, both centred on the mean embedding (:meth:`reading_table`), which is what a
-    frozen pretrained LLM reads. Only a temperature and a
+    the LLM. The tied form has no (V, D) matrix of its own (28 M parameters over a 49k vocabulary
+    at width 576, ten times the trainable set of a LoRA recipe): an audio token is read as the
+    token whose embedding points its way, both centred on the mean embedding
+    (:meth:`reading_table`), which is what a frozen pretrained LLM reads. Only a temperature and a
     per-token bias train; the table is a constant here (``tied_to`` returns it; it is not a
     parameter of this head, so it is neither trained nor saved twice). In the tied form the blank
     (``blank``, the pad token) is no token to read: its logit is its bias alone, and
@@ -57,13 +57,13 @@ class AudioCTCHead(nn.Module):
         super().__init__()
         if tied_to is not None and blank is None:
             raise ValueError("a tied audio-CTC head needs the blank (pad) token id")
-        self.norm = nn.LayerNorm(width, elementwise_affine=False)
         self._table = tied_to
         self.blank = blank
         if tied_to is None:
+            self.norm = nn.LayerNorm(width, elementwise_affine=False)
             self.proj = nn.Linear(width, vocab_size)
         else:
-            self.proj = None
+            self.norm = self.proj = None
             # cosine logits in [-1, 1] need a sharp temperature for a many-way softmax
             self.log_scale = nn.Parameter(torch.tensor(math.log(INITIAL_TIED_SCALE)))
             # the blank has no row: it wins where no token reads with a cosine above
