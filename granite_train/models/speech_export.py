@@ -5,8 +5,9 @@ The folder is what ``AutoModelForSpeechSeq2Seq.from_pretrained(dir)`` and
 
 * ``config.json`` (``GraniteSpeechConfig``, ``architectures: [GraniteSpeechForConditionalGeneration]``,
   ``has_lora_adapter``), ``generation_config.json`` and ``model.safetensors`` written by transformers'
-  own ``save_pretrained``, so the tensors are in the on-disk layout of the released checkpoints
-  (``encoder.*``, ``projector.*``, ``language_model.model.*``);
+  own ``save_pretrained``, its tensors then renamed to the on-disk layout of the released checkpoints
+  (``encoder.*``, ``projector.*``, ``language_model.model.*``): the names vLLM's loader knows, and
+  transformers 5 maps back when loading;
 * the tokenizer files, ``processor_config.json`` (``GraniteSpeechProcessor`` with its
   ``GraniteSpeechFeatureExtractor``) and ``chat_template.jinja``;
 * ``README.md``, a short model card.
@@ -353,6 +354,28 @@ def _add_released_keys(config_file: Path) -> None:
     config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
+def _write_released_names(out: Path) -> None:
+    """Rename the tensors transformers 5 just wrote (``model.encoder.*``, ``model.projector.*``,
+    ``model.language_model.*``, ``lm_head.*``) to the released checkpoints' names.
+
+    vLLM's ``granite_speech`` loader knows only the released names ("There is no module or parameter
+    named 'model'" otherwise); transformers 5 maps them back when loading (its ``granite_speech``
+    conversion mapping), so one folder serves both. Sharded saves keep their shards and index.
+    """
+    from safetensors.torch import load_file
+
+    index_file = out / "model.safetensors.index.json"
+    for file in sorted(out.glob("model*.safetensors")):
+        tensors = load_file(str(file))
+        renamed = {_released_key(k): v for k, v in tensors.items()}
+        if renamed.keys() != tensors.keys():
+            save_file(renamed, str(file), metadata={"format": "pt"})
+    if index_file.is_file():
+        index = json.loads(index_file.read_text())
+        index["weight_map"] = {_released_key(k): v for k, v in index["weight_map"].items()}
+        index_file.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+
 def _remove_stale(out: Path) -> None:
     for pattern in _STALE_PATTERNS:
         for path in out.glob(pattern):
@@ -407,6 +430,7 @@ def export_speech_llm(
     out.mkdir(parents=True, exist_ok=True)
     _remove_stale(out)
     model.save_pretrained(str(out))
+    _write_released_names(out)
     _add_released_keys(out / "config.json")
     lora = hf.peft_config[_adapter_name(hf)] if speech.has_lora else None
     if keep_adapter:
