@@ -183,11 +183,26 @@ def transformers_transcripts(
         inputs = processor(prompt, torch.from_numpy(wave), return_tensors="pt")
         start = time.perf_counter()
         with torch.no_grad():
-            out = model.generate(**inputs, max_new_tokens=max_tokens, do_sample=False, num_beams=1)
+            out = model.generate(
+                **inputs,
+                max_new_tokens=max_tokens,
+                do_sample=False,
+                num_beams=1,
+                output_logits=True,
+                return_dict_in_generate=True,
+            )
         seconds += time.perf_counter() - start
-        ids = out[0, inputs["input_ids"].shape[1] :].tolist()
+        ids = out.sequences[0, inputs["input_ids"].shape[1] :].tolist()
+        # how far the chosen token led the runner-up at each step: a difference where this is
+        # tiny is a near-tie that rounding can flip, not a serving bug
+        margins = [float(t[0] - t[1]) for t in (s[0].float().topk(2).values for s in out.logits)]
         rows.append(
-            {"id": request["id"], "token_ids": ids, "text": tokenizer.decode(ids, skip_special_tokens=True)}
+            {
+                "id": request["id"],
+                "token_ids": ids,
+                "text": tokenizer.decode(ids, skip_special_tokens=True),
+                "top2_margins": margins,
+            }
         )
     return rows, seconds
 
@@ -231,7 +246,11 @@ def _strip_end(ids: list[int], end_ids: set[int]) -> list[int]:
 def compare(
     reference: list[dict[str, Any]], served: list[dict[str, Any]], end_ids: set[int]
 ) -> dict[str, Any]:
-    """Per-utterance agreement: token ids (end-of-text tokens aside: vLLM keeps the stop token) and text."""
+    """Per-utterance agreement: token ids (end-of-text tokens aside: vLLM keeps the stop token) and text.
+
+    Each difference names its first differing position and, where the reference recorded it, how far
+    transformers' chosen token led its runner-up there (logits): a near-tie or a real disagreement.
+    """
     served_by_id = {r["id"]: r for r in served}
     differences, same_tokens, same_text = [], 0, 0
     for ref in reference:
@@ -244,14 +263,16 @@ def compare(
         same_text += ref["text"].strip() == got["text"].strip()
         if a != b:
             first = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-            differences.append(
-                {
-                    "id": ref["id"],
-                    "first_different_token": first,
-                    "transformers": ref["text"],
-                    "vllm": got["text"],
-                }
-            )
+            difference = {
+                "id": ref["id"],
+                "first_different_token": first,
+                "transformers": ref["text"],
+                "vllm": got["text"],
+            }
+            margins = ref.get("top2_margins") or []
+            if first < len(margins):
+                difference["transformers_top2_logit_margin"] = round(margins[first], 6)
+            differences.append(difference)
     return {"n": len(reference), "identical_tokens": same_tokens, "identical_text": same_text,
             "differences": differences}  # fmt: skip
 
