@@ -282,8 +282,10 @@ def our_eval(model_dir: str | Path, out_dir: Path, max_tokens: int, batch_size: 
     dataset = f"[{{name: serving_set, path: {out_dir / 'manifest.csv'}, language: en}}]"
     command = [str(REPO / ".venv" / "bin" / "granite-train"), "eval", f"model_path={model_dir}",
                f"output_dir={out_dir / 'eval'}", f"datasets={dataset}", f"max_new_tokens={max_tokens}",
-               f"batch_size={batch_size}", "progress=false"]  # fmt: skip
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+               f"batch_size={batch_size}"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise ServingCheckError(f"granite-train eval failed ({result.returncode}):\n{result.stderr[-2000:]}")
     result = json.loads((out_dir / "eval" / "results.json").read_text())["results"][0]
     return {"wer": result["wer"], "audio_s": result["audio_seconds"], "decode_s": result["wall_seconds"],
             "rtfx": result["audio_seconds"] / result["wall_seconds"], "batch_size": batch_size}  # fmt: skip

@@ -140,9 +140,11 @@ def serving_note(config: FinetuneConfig, export: Path, run_dir: Path) -> str:
     ]
     adapter = run_dir / "speech_llm_lora"
     if (adapter / "adapter_config.json").exists():
+        from granite_train.models.speech_export import vllm_max_lora_rank
+
         lines.append(
             f"- the LoRA alone on the released model: `vllm serve {config.model_path} --enable-lora "
-            f"--max-lora-rank {config.lora_rank} --lora-modules finetuned={adapter}`"
+            f"--max-lora-rank {vllm_max_lora_rank(config.lora_rank)} --lora-modules finetuned={adapter}`"
         )
     else:
         lines.append(

@@ -81,7 +81,9 @@ def main() -> None:
         from vllm.lora.request import LoRARequest
 
         rank = int(json.loads((Path(args.lora) / "adapter_config.json").read_text())["r"])
-        lora_kwargs = {"enable_lora": True, "max_lora_rank": max(8, rank), "max_loras": 1}
+        # vLLM's --max-lora-rank takes 1, 8, 16, 32, 64, ... (granite_train's vllm_max_lora_rank)
+        max_rank = next(r for r in (1, 8, 16, 32, 64, 128, 256, 320, 512) if r >= rank)
+        lora_kwargs = {"enable_lora": True, "max_lora_rank": max_rank, "max_loras": 1}
         lora_request = LoRARequest("adapter", 1, str(Path(args.lora).resolve()))
 
     start = time.perf_counter()

@@ -13,7 +13,7 @@ Each line of a fenced ```bash block (``\\`` continuations joined, comments dropp
   it runs anything (a misspelt flag or a missing required one fails); a script that has no
   argparse parser is only checked to exist;
 - ``bash X.sh``, ``pytest PATH``, ``make TARGET``: the file / target exists;
-- ``torchrun -m MOD``, ``pip``, ``apt-get``, ``vllm``, ``git``, ``cat``, ...: only the module or
+- ``torchrun -m MOD``, ``pip``, ``apt-get``, ``vllm``, ``curl``, ``git``, ``cat``, ...: only the module or
   script of this repository they name, if any.
 
 Placeholders (``DIR``, ``PATH``) are fine: nothing reads a path. The checks run in one child
@@ -44,7 +44,7 @@ LINKED = [*DOCS, REPO / "recipes" / "README.md", REPO / "RESULTS.md"]
 OPERATORS = {"&&", "||", ";", "|", "&"}
 CLI_MODULE = "granite_train.cli"
 NOT_OURS = {"pip", "pip3", "apt", "apt-get", "sudo", "vllm", "git", "cat", "ls", "mkdir", "cp", "rm", "cd"}
-NOT_OURS |= {"export", "echo", "nvidia-smi", "huggingface-cli", "wandb", "nice"}
+NOT_OURS |= {"export", "echo", "nvidia-smi", "huggingface-cli", "wandb", "nice", "curl"}
 
 
 # --------------------------------------------------------------------------------------------------

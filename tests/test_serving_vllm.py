@@ -187,3 +187,12 @@ def test_vllm_serves_our_lora_adapter_on_the_base_as_transformers_peft_does(serv
         t["vllm"] for t in _check(served, served["root"] / "base")["transcripts"]
     ]
     assert [t["vllm"] for t in report["transcripts"]] != base  # the adapter was applied, not ignored
+
+
+def test_max_lora_rank_is_one_vllm_accepts():
+    from granite_train.models.speech_export import SpeechExportError, vllm_max_lora_rank
+
+    # vLLM 0.32's MaxLoRARanks: 1, 8, 16, 32, 64, 128, 256, 320, 512
+    assert [vllm_max_lora_rank(r) for r in (1, 2, 4, 8, 9, 48, 64, 300, 512)] == [1, 8, 8, 8, 16, 64, 64, 320, 512]
+    with pytest.raises(SpeechExportError, match="above vLLM's largest"):
+        vllm_max_lora_rank(1024)

@@ -91,6 +91,20 @@ _RELEASED_PREFIXES = (
 )
 
 
+# vLLM's --max-lora-rank takes only these (vllm/config/lora.py MaxLoRARanks, 0.32)
+VLLM_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def vllm_max_lora_rank(rank: int) -> int:
+    """The ``--max-lora-rank`` vLLM accepts for an adapter of ``rank``: the next allowed value up."""
+    for allowed in VLLM_MAX_LORA_RANKS:
+        if allowed >= rank:
+            return allowed
+    raise SpeechExportError(
+        f"LoRA rank {rank} is above vLLM's largest --max-lora-rank {VLLM_MAX_LORA_RANKS[-1]}"
+    )
+
+
 class SpeechExportError(CheckpointError):
     """A checkpoint, folder or model that cannot be exported (the message says why)."""
 
@@ -285,6 +299,18 @@ with torch.no_grad():
 print(processor.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
 ```
 
+## Serve with vLLM
+
+```bash
+vllm serve path/to/this/folder
+curl http://localhost:8000/v1/audio/transcriptions -F model=path/to/this/folder -F file=@audio.wav
+```
+
+On CPU add `--dtype float32 --kv-cache-memory-bytes 2147483648` (vLLM reserves 92% of the RAM for
+its cache by default and will not start when less is free). The speech LLM's `head_dim` must be
+one that vLLM's attention supports (32, 64, 80, 96, 112, 128, ...). `benchmarks/vllm_serving.py`
+in granite-train checks a folder: vLLM's greedy transcripts against transformers', and this route.
+
 The processor writes one `<|audio|>` per audio token (`ceil(((n_samples // 160 + 1) // 2) / {window_size}) *
 {queries}`); the prompt holds a single `<|audio|>` where the audio goes.
 {adapter_note}"""
@@ -459,10 +485,14 @@ base model's.
 Serve with vLLM (its `granite_speech` serves a LoRA on the LLM):
 
 ```bash
-vllm serve {base} --enable-lora --max-lora-rank {rank} --lora-modules {name}=<path to this folder>
+vllm serve {base} --enable-lora --max-lora-rank {max_rank} --lora-modules {name}=<path to this folder>
+curl http://localhost:8000/v1/audio/transcriptions -F model={name} -F file=@audio.wav
 ```
 
-then ask for the model `{name}`. With transformers (needs `peft`):
+(`--max-lora-rank` takes 1, 8, 16, 32, 64, ...: the next one up from the rank.) Offline:
+`LLM(model="{base}", enable_lora=True, max_lora_rank={max_rank}).generate(..., lora_request=LoRARequest("{name}", 1,
+"<path to this folder>"))`. The serving check `benchmarks/vllm_serving.py --lora` compares what vLLM says
+with transformers + peft. With transformers (needs `peft`):
 `model = AutoModelForSpeechSeq2Seq.from_pretrained("{base}"); model.load_adapter("<this folder>")`.
 """
 
@@ -492,6 +522,7 @@ def export_lora_adapter(
         _VLLM_CARD.format(
             base=base_model_name_or_path,
             rank=lora.r,
+            max_rank=vllm_max_lora_rank(lora.r),
             alpha=lora.lora_alpha,
             targets=", ".join(sorted(lora.target_modules)),
             name=served_name,
