@@ -65,9 +65,10 @@ def _config_class(command: str) -> type:
     from granite_train.workflows.data_check import DataCheckConfig
     from granite_train.workflows.demo_config import DemoConfig
     from granite_train.workflows.finetune_config import FinetuneConfig
+    from granite_train.workflows.stage import StageConfig
 
     classes = {"demo": DemoConfig, "finetune": FinetuneConfig, "add-language": AddLanguageConfig}
-    return {**classes, "data-check": DataCheckConfig}[command]
+    return {**classes, "data-check": DataCheckConfig, "stage": StageConfig}[command]
 
 
 def _typed_config(command: str, cfg: DictConfig) -> Any:
@@ -122,6 +123,18 @@ def finetune(cfg: DictConfig) -> None:
     table = run_finetune(config)
     print("\n" + table)
     print(f"results in {config.output_dir}/{'data_check' if config.check else 'results'}.md")
+
+
+def stage(cfg: DictConfig) -> None:
+    """Stage sources once into large parquet shards (16 kHz audio bytes + index) for many ranks."""
+    from granite_train.workflows.stage import run_stage
+
+    config = _typed_config("stage", cfg)
+    index = run_stage(config)
+    rows = sum(s["rows"] for s in index["sources"])
+    print(
+        f"{rows} rows in {len(index['shards'])} shards; report: {config.out}/report.md, sources: {config.out}/data.yaml"
+    )
 
 
 def data_check(cfg: DictConfig) -> None:
@@ -342,7 +355,7 @@ def plan(cfg: DictConfig) -> None:
     print(f"\nplan written to {write_plan(result, output)}")
 
 
-TYPED_COMMANDS = ("demo", "finetune", "add-language", "data-check")
+TYPED_COMMANDS = ("demo", "finetune", "add-language", "data-check", "stage")
 """Commands whose config is a typed dataclass (:mod:`granite_train.workflows`): every key checked."""
 
 COMMANDS: dict[str, tuple[str, Callable[[DictConfig], None]]] = {
@@ -354,6 +367,7 @@ COMMANDS: dict[str, tuple[str, Callable[[DictConfig], None]]] = {
     "train": ("", train),  # the config is the recipe named on the command line
     "finetune": ("finetune", finetune),
     "data-check": ("data_check", data_check),
+    "stage": ("stage", stage),
     "add-language": ("add_language", add_language),
     "plan": ("plan", plan),
     "coverage": ("coverage", coverage),
@@ -405,6 +419,8 @@ def main(argv: list[str] | None = None) -> None:
     config_dir = CONFIG_DIR
     if command in ("finetune", "data-check"):  # `model=` / `data=` would pick config groups: they name paths
         rest = [re.sub(r"^(model|data)=", r"\1_path=", a) for a in rest]
+    if command == "stage":  # data=<a configs/data group> composes the group; anything else is a path or URL
+        rest = [_stage_data_argument(a) for a in rest]
     if command in TYPED_COMMANDS:
         rest = _settable(rest)
         if "--help" in rest or "-h" in rest:  # the YAML names few keys: every key and its meaning first
@@ -425,6 +441,13 @@ def main(argv: list[str] | None = None) -> None:
     sys.argv = [f"granite-train {command}", *rest]
     task = _stops_on_data_errors(command, task)
     hydra.main(version_base="1.3", config_path=str(config_dir), config_name=config_name)(task)()
+
+
+def _stage_data_argument(arg: str) -> str:
+    if not arg.startswith("data="):
+        return arg
+    value = arg.removeprefix("data=")
+    return f"+data={value}" if (CONFIG_DIR / "data" / f"{value}.yaml").is_file() else f"data_path={value}"
 
 
 def _recipe(args: list[str]) -> tuple[Path, str, list[str]]:
