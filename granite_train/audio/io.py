@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import typing
+from collections.abc import Callable
 from typing import BinaryIO, TypeVar
 
 import numpy as np
@@ -22,11 +24,13 @@ __all__ = [
     "decode_audio",
     "encode_flac",
     "load_audio",
+    "set_url_reader",
     "to_mono",
 ]
 
 AudioSource = bytes | bytearray | memoryview | str | os.PathLike | BinaryIO
-"""Encoded audio: raw file bytes, a path, or a readable binary file object (e.g. ``io.BytesIO``)."""
+"""Encoded audio: raw file bytes, a path (local, or an fsspec URL such as ``s3://bucket/a.flac``),
+or a readable binary file object (e.g. ``io.BytesIO``)."""
 
 _Array = TypeVar("_Array", np.ndarray, torch.Tensor)
 
@@ -59,9 +63,44 @@ class AudioInfo(typing.NamedTuple):
         return self.frames / self.sample_rate if self.sample_rate > 0 else 0.0
 
 
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+UrlReader = Callable[[str], bytes]
+_url_reader: UrlReader | None = None
+
+
+def set_url_reader(reader: UrlReader | None) -> None:
+    """Read audio named by an fsspec URL with ``reader`` (``url -> bytes``); ``None``: plain fsspec.
+
+    The data layer installs one (:func:`granite_train.data.remote.read_url`) that applies the
+    storage options of the source naming the audio and retries failed reads; this module cannot
+    import it (audio sits below data).
+    """
+    global _url_reader
+    _url_reader = reader
+
+
+def _read_url(url: str) -> bytes:
+    import fsspec  # only for URL audio
+
+    with fsspec.open(url, "rb") as f:  # the backend's own configuration (environment variables)
+        return f.read()
+
+
+def _url_file(url: str) -> BinaryIO:
+    """The audio file at an fsspec URL (``s3://bucket/a.flac``), read whole into memory."""
+    try:
+        return io.BytesIO((_url_reader or _read_url)(url))
+    except FileNotFoundError as err:
+        raise AudioFileNotFoundError(f"audio file not found: {url!r}") from err
+    except (OSError, ImportError) as err:  # no access, a failed read after its retries, no backend
+        raise AudioDecodeError(f"cannot read the audio file {url!r}: {err}") from err
+
+
 def _file_of(source: AudioSource) -> str | BinaryIO:
     if isinstance(source, str | os.PathLike):
         path = os.fspath(source)
+        if _URL.match(path):
+            return _url_file(path)
         # libsndfile reports a missing file only as "System error"; say what happened instead.
         if not os.path.exists(path):
             raise AudioFileNotFoundError(f"audio file not found: {path!r}")

@@ -39,9 +39,18 @@ def _line_of(raw: bytes, offset: int) -> tuple[int, int]:
     return raw.count(b"\n", 0, offset) + 1, offset - line_start + 1
 
 
-def check_encoding(path: str | Path, encoding: str) -> None:
+def _sample(path: str | Path, storage_options: Mapping[str, Any] | None = None) -> bytes:
+    """The first :data:`SAMPLE_BYTES` of a manifest: a local file, or a URL read through fsspec."""
+    from granite_train.data.remote import is_url, read_head
+
+    if is_url(str(path)):
+        return read_head(str(path), SAMPLE_BYTES, storage_options)
+    return Path(path).read_bytes()[:SAMPLE_BYTES]
+
+
+def check_encoding(path: str | Path, encoding: str, storage_options: Mapping[str, Any] | None = None) -> None:
     """Raise :class:`DataError` naming the file, line and byte when ``path`` is not ``encoding`` text."""
-    raw = Path(path).read_bytes()[:SAMPLE_BYTES]
+    raw = _sample(path, storage_options)
     try:
         codecs.lookup(encoding)
     except LookupError as err:
@@ -60,8 +69,12 @@ def check_encoding(path: str | Path, encoding: str) -> None:
         ) from err
 
 
-def detect_encoding(path: str | Path) -> str:
+def detect_encoding(path: str | Path, storage_options: Mapping[str, Any] | None = None) -> str:
     """The text encoding of a manifest (see :func:`_detect`), detected once per file version."""
+    from granite_train.data.remote import is_url
+
+    if is_url(str(path)):  # no mtime to key a cache on: read the head again (once per open)
+        return _encoding_of(_sample(path, storage_options), str(path))
     stat = Path(path).stat()
     return _detect(str(path), stat.st_mtime_ns, stat.st_size)
 
@@ -70,7 +83,10 @@ def detect_encoding(path: str | Path) -> str:
 def _detect(path: str, mtime_ns: int, size: int) -> str:
     """The text encoding of a manifest: UTF-8 (``utf-8-sig`` with a BOM, ``utf-16`` with its BOM),
     else the best guess of ``charset_normalizer``, logged; :class:`DataError` if nothing fits."""
-    raw = Path(path).read_bytes()[:SAMPLE_BYTES]
+    return _encoding_of(Path(path).read_bytes()[:SAMPLE_BYTES], path)
+
+
+def _encoding_of(raw: bytes, path: str) -> str:
     if raw.startswith(codecs.BOM_UTF8):
         return "utf-8-sig"
     if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
@@ -110,15 +126,18 @@ def _best_guess(raw: bytes) -> str | None:
     return (known or western or calm)[0].encoding
 
 
-def manifest_encoding(files: Sequence[str], given: str | None) -> str:
-    """One encoding for a source's manifest files: ``given`` (checked) or the detected one."""
+def manifest_encoding(
+    files: Sequence[str], given: str | None, storage_options: Mapping[str, Any] | None = None
+) -> str:
+    """One encoding for a source's manifest files: ``given`` (checked) or the detected one;
+    ``storage_options`` open manifests given as URLs (see :mod:`granite_train.data.remote`)."""
     encodings = set()
     for file in files:
         if given:
-            check_encoding(file, given)
+            check_encoding(file, given, storage_options)
             encodings.add(given)
         else:
-            encodings.add(detect_encoding(file))
+            encodings.add(detect_encoding(file, storage_options))
     if len(encodings) > 1:
         raise DataError(f"the manifest files {list(files)} have different encodings {sorted(encodings)}: "
                         "convert them to one (UTF-8) or read them as separate sources")  # fmt: skip

@@ -24,6 +24,8 @@ HINTS: dict[str, str] = {
     "held_out": "the held-out split took it (holdout=exclude)",
     "not_held_out": "outside the held-out split (holdout=only)",
     "other_split": "its manifest `split` column names another split",
+    "unreadable_file": "a data file stayed unreadable after the source's read_attempts (deleted, no access): "
+    "the rest of its records were left out; restore it, or remove it from the source",
 }
 
 
