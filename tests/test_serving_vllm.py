@@ -98,8 +98,10 @@ def test_refuses_what_vllm_on_cpu_would_refuse_naming_the_fix(tmp_path):
     problems = vllm_serving.vllm_problems(narrow)
     assert len(problems) == 1 and "head_dim 16" in problems[0] and "32, 64" in problems[0]
     # a folder with transformers-5 names (an export from before the rename) is named too
-    state = load_file(str(narrow / "model.safetensors"))
-    save_file({"model." + k: v for k, v in state.items()}, str(narrow / "model.safetensors"))
+    state = load_file(str(narrow / "model.safetensors"))  # memory-mapped: write a new file, then rename
+    save_file({"model." + k: v for k, v in state.items()}, str(narrow / "renamed.safetensors"))
+    del state
+    (narrow / "renamed.safetensors").replace(narrow / "model.safetensors")
     problems = vllm_serving.vllm_problems(narrow)
     assert len(problems) == 2 and "re-export with granite-train export" in problems[1]
 

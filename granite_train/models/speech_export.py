@@ -36,6 +36,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -392,10 +393,13 @@ def _write_released_names(out: Path) -> None:
 
     index_file = out / "model.safetensors.index.json"
     for file in sorted(out.glob("model*.safetensors")):
-        tensors = load_file(str(file))
+        tensors = load_file(str(file))  # may be memory-mapped from `file`: never write over it in place
         renamed = {_released_key(k): v for k, v in tensors.items()}
         if renamed.keys() != tensors.keys():
-            save_file(renamed, str(file), metadata={"format": "pt"})
+            tmp = file.with_name(f".{file.name}.tmp")
+            save_file(renamed, str(tmp), metadata={"format": "pt"})
+            del tensors, renamed
+            os.replace(tmp, file)  # a new inode: a mapping of the old file stays valid
     if index_file.is_file():
         index = json.loads(index_file.read_text())
         index["weight_map"] = {_released_key(k): v for k, v in index["weight_map"].items()}
