@@ -287,6 +287,21 @@ def test_published_stage1_plan_by_hand(no_model_built):
     assert plan.flops.backward["encoder"] == pytest.approx(2 * plan.flops.forward["encoder"], rel=1e-3)
 
 
+def test_loader_demand_per_gpu_by_hand(no_model_built):
+    plan = plan_recipe(load_recipe("ctc_granite_4_0_1b"), PlanOptions(loader_x_real_time=1000.0))
+    # each of the 8 GPUs takes 32 utterances of 15 s (95% audio) per step, in days * 86400 / steps seconds
+    step = plan.days * 86400 / 1_500_000
+    assert plan.step_seconds == pytest.approx(step)
+    assert plan.loader_demand_per_gpu == pytest.approx(32 * 15 * 0.95 / step)
+    assert plan.loader_cores_per_gpu == pytest.approx(32 * 15 * 0.95 / step / 1000.0)
+    assert f"{plan.loader_cores_per_gpu:.2f} cores per device" in plan.format()
+    assert plan.to_dict()["loader"]["cores_per_gpu"] == plan.loader_cores_per_gpu
+    half = plan_recipe(load_recipe("ctc_granite_4_0_1b"), PlanOptions(loader_x_real_time=500.0))
+    assert half.loader_cores_per_gpu == pytest.approx(2 * plan.loader_cores_per_gpu)
+    with pytest.raises(ValueError, match="loader_x_real_time must be > 0"):
+        PlanOptions(loader_x_real_time=0.0)
+
+
 def test_published_stage2_plan_frozen_encoder_and_known_llm(no_model_built):
     plan = plan_recipe(
         load_recipe("speech_llm_granite_4_0_1b"),

@@ -89,6 +89,11 @@ PUBLISHED: dict[str, Published] = {
 # --------------------------------------------------------------------------------------------------
 # options
 # --------------------------------------------------------------------------------------------------
+# audio seconds per second that one loader core delivers from staged FLAC shards (issue 29:
+# `benchmarks/loader_throughput.py`, the 2-core AMD EPYC development machine, one torch thread)
+LOADER_X_REAL_TIME = 1200.0
+
+
 @dataclass
 class PlanOptions:
     """What a recipe does not say: the hardware, the efficiency and the typical utterance.
@@ -106,6 +111,9 @@ class PlanOptions:
         measure: also time real training steps of the recipe on this machine (one device).
         measure_steps: timed optimizer steps.
         measure_warmup: optimizer steps run before timing (first-step allocation, data start).
+        loader_x_real_time: audio seconds one loader core delivers per second (decode, checks,
+            bucketing, log-mel) from staged FLAC shards: ``benchmarks/loader_throughput.py``'s figure
+            on the 2-core development machine; measure yours and set it.
     """
 
     num_gpus: int | None = None
@@ -119,8 +127,11 @@ class PlanOptions:
     measure: bool = False
     measure_steps: int = 5
     measure_warmup: int = 2
+    loader_x_real_time: float = LOADER_X_REAL_TIME
 
     def __post_init__(self) -> None:
+        if self.loader_x_real_time <= 0:
+            raise ValueError(f"loader_x_real_time must be > 0, got {self.loader_x_real_time}")
         if self.gpu not in GPU_PEAK_FLOPS:
             raise ValueError(f"gpu must be one of {sorted(GPU_PEAK_FLOPS)}, got {self.gpu!r}")
         if not 0.0 < self.mfu <= 1.0:
@@ -804,6 +815,7 @@ class Plan:
     published: Published | None = None
     measured: Measurement | None = None
     notes: list[str] = field(default_factory=list)
+    loader_x_real_time: float = LOADER_X_REAL_TIME
 
     # the batch ------------------------------------------------------------------------------------
     @property
@@ -862,6 +874,23 @@ class Plan:
             return None
         return self.steps * self.measured.seconds_per_step / SECONDS_PER_DAY
 
+    # the data loader ------------------------------------------------------------------------------
+    @property
+    def step_seconds(self) -> float:
+        """Seconds per optimizer step: measured when measured, else the analytic time at the MFU."""
+        days = self.measured_days if self.measured is not None else self.days
+        return days * SECONDS_PER_DAY / self.steps
+
+    @property
+    def loader_demand_per_gpu(self) -> float:
+        """Audio seconds per second each GPU consumes at the planned step time."""
+        return self.audio_seconds_per_step / self.num_gpus / self.step_seconds
+
+    @property
+    def loader_cores_per_gpu(self) -> float:
+        """Loader cores each GPU needs at ``loader_x_real_time`` per core."""
+        return self.loader_demand_per_gpu / self.loader_x_real_time
+
     # output -------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """Everything, inputs and results, as plain JSON data."""
@@ -898,6 +927,12 @@ class Plan:
             "implied_mfu": self.implied_mfu,
             "measured": asdict(self.measured) if self.measured else None,
             "measured_days": self.measured_days,
+            "loader": {
+                "step_seconds": self.step_seconds,
+                "demand_audio_seconds_per_second_per_gpu": self.loader_demand_per_gpu,
+                "x_real_time_per_core": self.loader_x_real_time,
+                "cores_per_gpu": self.loader_cores_per_gpu,
+            },
             "measured_gpu_hours": self.measured_days * 24.0 * self.num_gpus if self.measured else None,
             "notes": self.notes,
         }
@@ -956,6 +991,14 @@ class Plan:
                 f"{_duration(self.measured_days)}, {self.measured_days * 24 * self.num_gpus:,.1f} "
                 f"device-hours ({self.num_gpus} devices)"
             )
+        timing = "measured" if self.measured is not None else f"at MFU {self.mfu:.2f}"
+        lines += [
+            "",
+            f"  data loader           {self.step_seconds:.3f} s/step ({timing}): each device consumes "
+            f"{self.loader_demand_per_gpu:,.0f} s of audio per second; at {self.loader_x_real_time:,.0f}x real "
+            f"time per loader core (staged FLAC, benchmarks/loader_throughput.py) that is "
+            f"{self.loader_cores_per_gpu:.2f} cores per device",
+        ]
         if self.notes:
             lines += ["", "  notes:"] + [f"    - {n}" for n in self.notes]
         return "\n".join(lines)
@@ -1015,6 +1058,7 @@ def plan_recipe(
         published=PUBLISHED.get(str(cfg.name)),
         measured=measured,
         notes=notes,
+        loader_x_real_time=options.loader_x_real_time,
     )
 
 
