@@ -85,6 +85,12 @@ class TrainerConfig:
     Attributes:
         max_steps: optimizer steps (skipped non-finite steps do not count).
         accelerator / devices / num_nodes / strategy: Lightning's (``devices`` > 1: DDP).
+        process_group_timeout_s: how long a DDP collective waits for the other ranks before it
+            fails and the run exits (Lightning's default, 30 minutes). A rank whose processes died
+            is noticed at once (its connections close); this bounds the wait on one that hangs or
+            whose node vanished silently. Keep it above the longest wait of a healthy run (rank 0
+            writing a checkpoint, the slowest rank's validation share). Applies when
+            ``strategy`` is a DDP one, or ``auto`` with ``num_nodes`` > 1.
         precision: ``auto`` = bf16 autocast where the device computes bf16 natively (CUDA with
             bf16, a CPU with AVX512-BF16 or AMX), fp32 elsewhere; or any Lightning precision.
         threads: torch intra-op threads; null = torch's default (all cores).
@@ -102,6 +108,7 @@ class TrainerConfig:
     devices: int | str = "auto"
     num_nodes: int = 1
     strategy: str = "auto"
+    process_group_timeout_s: float = 1800.0
     precision: str = "auto"
     threads: int | None = None
     val_every_n_steps: int | None = 250
@@ -120,6 +127,10 @@ class TrainerConfig:
             raise ValueError(f"trainer.precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.max_steps < 1:
             raise ValueError(f"trainer.max_steps must be >= 1, got {self.max_steps}")
+        if not self.process_group_timeout_s > 0:
+            raise ValueError(
+                f"trainer.process_group_timeout_s must be > 0, got {self.process_group_timeout_s}"
+            )
 
 
 @dataclass

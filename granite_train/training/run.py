@@ -34,7 +34,13 @@ from granite_train.data.builders import build_pipeline_config
 from granite_train.data.collate import Collator
 from granite_train.data.mixture import mixture_probabilities
 from granite_train.data.pipeline import SpeechDataPipeline, build_dataloader
-from granite_train.training.config import DataConfig, RecipeConfig, WandbConfig, load_recipe_config
+from granite_train.training.config import (
+    DataConfig,
+    RecipeConfig,
+    TrainerConfig,
+    WandbConfig,
+    load_recipe_config,
+)
 from granite_train.training.precision import resolve_precision
 from granite_train.typed_config import from_mapping, to_plain
 
@@ -350,6 +356,22 @@ def _build_stage(cfg: RecipeConfig, max_steps: int):
     return module, wrap
 
 
+def _strategy(tcfg: TrainerConfig) -> Any:
+    """``trainer.strategy``; a DDP one built with ``trainer.process_group_timeout_s``."""
+    from datetime import timedelta
+
+    from lightning.pytorch.strategies import DDPStrategy, StrategyRegistry
+
+    name = tcfg.strategy
+    if name == "auto" and int(tcfg.num_nodes) > 1:
+        name = "ddp"  # what Lightning picks for several nodes
+    entry = StrategyRegistry[name] if name in StrategyRegistry else {}
+    if not entry or not issubclass(entry["strategy"], DDPStrategy):
+        return tcfg.strategy
+    timeout = timedelta(seconds=float(tcfg.process_group_timeout_s))
+    return entry["strategy"](**entry["init_params"], timeout=timeout)
+
+
 def _train(cfg: RecipeConfig, extra_callbacks: list[L.Callback]) -> TrainResult:
     from granite_train.training.callbacks import RankWeights, SampleLog, merge_metrics, plot_curves
 
@@ -425,7 +447,7 @@ def _train(cfg: RecipeConfig, extra_callbacks: list[L.Callback]) -> TrainResult:
         accelerator=tcfg.accelerator,
         devices=tcfg.devices,
         num_nodes=int(tcfg.num_nodes),
-        strategy=tcfg.strategy,
+        strategy=_strategy(tcfg),
         precision=precision,
         val_check_interval=int(val_every) * accumulate if has_val else None,
         check_val_every_n_epoch=None,

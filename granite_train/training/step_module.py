@@ -13,7 +13,9 @@ run makes the same draws as an uninterrupted one whatever else touched the globa
 
 Subclasses implement :meth:`compute_loss`; run counters (utterances, audio seconds, skipped
 records per reason, examples per source, non-finite steps, and the subclass's own) are saved in
-checkpoints, so a resumed run reports what an uninterrupted one would.
+checkpoints, so a resumed run reports what an uninterrupted one would. With several ranks the
+checkpoint (written by rank 0) holds every rank's counters and loader state, and each rank takes
+back its own: its share of the stream continues where it was.
 """
 
 from __future__ import annotations
@@ -317,11 +319,37 @@ class StepSkippingModule(L.LightningModule):
     # ------------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CHECKPOINT_KEY] = {"counters": dict(self.counters), "micro": self._micro}
+        # Lightning writes rank 0's checkpoint only, with rank 0's loader state: every rank's own
+        # (its share of the stream) and counters go in as well, for each rank to take back its own
+        ranks = _gather_to_rank0({"counters": dict(self.counters), "loader": _loader_state(checkpoint)})
+        if ranks is not None:
+            checkpoint[CHECKPOINT_KEY]["ranks"] = ranks
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get(CHECKPOINT_KEY) or {}
-        self.counters = Counter(state.get("counters", {}))
+        ranks = state.get("ranks") or []
+        own = ranks[self.global_rank] if self.global_rank < len(ranks) else {}
+        self.counters = Counter(own.get("counters", state.get("counters", {})))
         self._micro = int(state.get("micro", 0))
+        if own.get("loader") is not None and _loader_state(checkpoint) is not None:
+            # restored by the fit loop after this hook: this rank's share, not rank 0's
+            checkpoint["loops"]["fit_loop"]["state_dict"]["combined_loader"] = own["loader"]
+
+
+def _loader_state(checkpoint: Mapping[str, Any]) -> Any:
+    """The training loader state Lightning put in ``checkpoint`` (None when there is none)."""
+    fit_loop = (checkpoint.get("loops") or {}).get("fit_loop") or {}
+    return (fit_loop.get("state_dict") or {}).get("combined_loader")
+
+
+def _gather_to_rank0(obj: Any) -> list[Any] | None:
+    """Every rank's ``obj`` (by rank) on rank 0, None elsewhere and in a single process."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return None
+    gathered = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(obj, gathered, dst=0)
+    return gathered
 
 
 __all__ = ["CHECKPOINT_KEY", "StepSkippingModule", "counter_shares"]
