@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections import Counter
 from pathlib import Path
 
 import boto3
@@ -308,6 +309,38 @@ def test_deleted_file_is_skipped_counted_and_named(local, s3, caplog):
     assert "unreadable_file: 1" in report and gone in report
     # the next pass lists the prefix again: the file is gone, nothing is skipped or retried
     assert _ids(_read_all(reader)) == expected and reader.last_pass["unreadable"] == []
+
+
+def test_a_deleted_file_is_in_the_runs_skip_counts_with_its_name(local, s3, monkeypatch):
+    """The training pipeline's own skip counts (what the run report sums) name the file the reader
+    skipped, not only the reader's log."""
+    client = s3.client()
+    _upload(client, local / "a", prefix="gone2/")
+    gone = f"s3://{BUCKET}/gone2/shard-001.parquet"
+    read = SourceReader.next_record
+
+    def first_record_then_delete(self):  # the stream is open on shard 0: its file list has shard 1
+        record = read(self)
+        if self.count == 1 and self.passes == 0:
+            client.delete_object(Bucket=BUCKET, Key="gone2/shard-001.parquet")
+        return record
+
+    monkeypatch.setattr(SourceReader, "next_record", first_record_then_delete)
+    spec = _spec(f"s3://{BUCKET}/gone2/", s3, read_attempts=2, retry_backoff=0.05)
+    cfg = PipelineConfig(sources=[spec], seed=3, shuffle_buffer=0, max_frames=400, num_buckets=1,
+                         prepare=PrepareConfig(min_duration=0.1))  # fmt: skip
+    batches = list(build_dataloader(SpeechDataPipeline(cfg, rank=0, world_size=1), num_workers=0))
+    ids = [i for batch in batches for i in batch.ids]
+    assert sorted(ids) == sorted(f"a/a-{i:04d}" for s in (0, 2, 3) for i in range(s, 16, 4))
+    skipped = sum((Counter(b.skipped_by_source) for b in batches), Counter())
+    assert skipped == {"a/unreadable_file": 1}
+    # data-check: the same skip, with the file's name as its example
+    from granite_train.data.check import check_source
+
+    _upload(client, local / "a", prefix="gone2/")
+    result = check_source(spec, PrepareConfig(min_duration=0.1), progress=False)
+    assert result.skipped["unreadable_file"] == 1 and len(result.records) == 12
+    assert result.examples["unreadable_file"].startswith(gone + ": ")
 
 
 def test_deleted_file_with_an_example_level_split_keeps_the_shares_disjoint(local, s3):

@@ -155,6 +155,7 @@ def check_source(
                 reason = skip.reason.value
             result.records.append(RecordCheck(record["id"], record.get("keys", {}), seconds, reason))
             bar.update(1)
+    preparer.count_unreadable(spec.name, reader.unreadable, set())
     counts = preparer.by_source.get(spec.name, Counter())
     result.skipped, result.fixed = split_fixes(counts)
     result.examples = dict(preparer.examples.get(spec.name, {}))

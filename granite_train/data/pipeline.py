@@ -160,6 +160,7 @@ class _SlotState:
         # ids skipped in an earlier pass of this slot: not decoded again, not counted again (a
         # cache: a resumed run rebuilds it by skipping each once more)
         self.known_bad: set[str] = set()
+        self.counted_unreadable: set[str] = set()  # data files skipped as unreadable, counted once
 
     def _make_bucketer(self, bounds: list[int]) -> None:
         self.bucketer = DurationBucketer(bounds, self.cfg.max_frames, self.cfg.max_batch_size)
@@ -175,6 +176,8 @@ class _SlotState:
         """
         while True:
             record = self.mixture.next_record(self.rng)
+            for name, reader in self.readers.items():  # files a reader skipped: in the skip counts
+                self.preparer.count_unreadable(name, reader.unreadable, self.counted_unreadable)
             self._check_finished_passes()
             if record is None:
                 return None

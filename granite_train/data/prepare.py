@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import zlib
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -50,6 +51,9 @@ class SkipReason(str, Enum):
     FIXED_CHANNELS = "fixed_downmixed"
     # a manifest's duration (NeMo ``duration``) that disagrees with the audio header: the header wins
     FIXED_DURATION = "fixed_duration_from_header"
+    # a whole data file that stayed unreadable (deleted, no access): counted once per file, its
+    # records unknown (SourceReader skips it after its read attempts)
+    UNREADABLE_FILE = "unreadable_file"
 
     @property
     def is_fix(self) -> bool:
@@ -176,6 +180,14 @@ class ExamplePreparer:
         first = self.examples.setdefault(source, {})
         if reason.value not in first:
             first[reason.value] = f"{record.get('id')}: {detail}" if detail else str(record.get("id"))
+
+    def count_unreadable(self, source: str, unreadable: Mapping[str, str], counted: set[str]) -> None:
+        """Count each file of a source reader's ``unreadable`` (file -> error) not in ``counted`` yet
+        as an ``unreadable_file`` skip of ``source``, so that run reports and checks name it."""
+        for file, error in unreadable.items():
+            if file not in counted:
+                counted.add(file)
+                self.count({"id": file, "source": source}, SkipReason.UNREADABLE_FILE, error)
 
     def _speed_factor(self, sample_id: str) -> float:
         # Seeded by the sample id, not by stream position: a resumed run perturbs identically.

@@ -230,6 +230,7 @@ def stage_source(
         if reader.passes > 0:  # the last shard ended the pass: nothing left
             return states
     preparer = ExamplePreparer(settings.prepare, targets=None)
+    counted_unreadable: set[str] = set()
     written = 0
     while True:
         rows: list[dict[str, Any]] = []
@@ -238,6 +239,7 @@ def stage_source(
         first_examples = {k: dict(v) for k, v in preparer.examples.items()}
         while len(rows) < settings.rows_per_shard:
             record = reader.next_record()
+            preparer.count_unreadable(spec.name, reader.unreadable, counted_unreadable)
             if record is None:
                 break
             example = preparer(record)
