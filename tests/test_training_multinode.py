@@ -185,15 +185,7 @@ def _kill_and_resume(tmp_path: Path, ref: Path, killed: Path, args, max_steps: i
         nodes.start()
         victim = nodes.node_of_rank(1)
         survivor = 1 - victim
-        deadline = time.time() + RUN_TIMEOUT_S
-        while (
-            time.time() < deadline
-            and nodes.procs[survivor].poll() is None
-            and not (
-                (killed / "checkpoints" / "last.ckpt").exists() and len(_samples(killed, 1)) >= kill_after
-            )
-        ):
-            time.sleep(0.02)
+        _wait_past_checkpoint(nodes, survivor, killed, kill_after)
         assert nodes.procs[survivor].poll() is None, f"ended before the kill:\n{nodes.log(survivor)}"
         nodes.kill(victim)
         killed_at = time.time()
@@ -276,6 +268,18 @@ def _ctc_args(corpus: Path):
     return args
 
 
+def _wait_past_checkpoint(nodes, survivor: int, out: Path, rank1_batches: int) -> None:
+    """Until a checkpoint exists and rank 1 trained ``rank1_batches`` micro-batches (or the survivor
+    ended, or ``RUN_TIMEOUT_S`` passed): the moment to stop a node."""
+    deadline = time.time() + RUN_TIMEOUT_S
+    while (
+        time.time() < deadline
+        and nodes.procs[survivor].poll() is None
+        and not ((out / "checkpoints" / "last.ckpt").exists() and len(_samples(out, 1)) >= rank1_batches)
+    ):
+        time.sleep(0.02)
+
+
 @pytest.mark.slow
 def test_stage1_two_nodes_disjoint_equal_then_node_killed_and_resumed(ctc_corpus, tmp_path):
     from granite_train.training.callbacks import read_metrics_csv
@@ -316,13 +320,7 @@ def test_a_silent_node_fails_the_run_after_the_process_group_timeout(ctc_corpus,
         nodes.start()
         victim = nodes.node_of_rank(1)
         survivor = 1 - victim
-        deadline = time.time() + RUN_TIMEOUT_S
-        while (
-            time.time() < deadline
-            and nodes.procs[survivor].poll() is None
-            and not ((out / "checkpoints" / "last.ckpt").exists() and len(_samples(out, 1)) >= CTC_EVERY + 1)
-        ):
-            time.sleep(0.02)
+        _wait_past_checkpoint(nodes, survivor, out, CTC_EVERY + 1)
         assert nodes.procs[survivor].poll() is None, f"ended before the stop:\n{nodes.log(survivor)}"
         for pid in _node_processes(nodes.tag(victim)):
             os.kill(pid, signal.SIGSTOP)  # alive, silent: its sockets stay open
