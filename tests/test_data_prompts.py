@@ -167,3 +167,20 @@ def test_collator_padding_and_masks(tok):
     # no truncation -> no counter
     plain = SpeechLLMCollator(PromptBuilder(tok, PromptConfig(vary_instructions=False)))(examples[1:])
     assert "target_truncated" not in plain.skipped
+
+
+def test_draft_goes_after_keywords_and_labels_the_task(tok):
+    from granite_train.data.prompts import task_label
+
+    builder = PromptBuilder(tok, PromptConfig(vary_instructions=False))
+    record = {"id": "d", "task": "asr", "prompt_suffix": "Keywords: a, b", "draft": " the  qick\tfox ", "text": "x"}
+    assert builder.instruction(record) == f"{ASR_INSTRUCTIONS[0]} Keywords: a, b Draft: the qick fox"
+    ex = builder(record, 8000)
+    assert tok.decode(ex.prompt_ids).endswith("Keywords: a, b Draft: the qick fox\n ASSISTANT:")
+    # the target is the transcript, never the draft
+    assert ex.target_ids == _ids(tok, " x") + [tok.eos_token_id]
+    # an empty draft still says that the first pass heard nothing; no draft column: no mark
+    assert builder.instruction({"id": "e", "draft": ""}) == f"{ASR_INSTRUCTIONS[0]} Draft:"
+    assert "Draft" not in builder.instruction({"id": "e"})
+    assert task_label(record) == "asr+keywords+draft"
+    assert task_label({"draft": ""}) == "asr+draft" and task_label({"prompt_suffix": "K"}) == "asr+keywords"

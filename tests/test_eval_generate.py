@@ -230,3 +230,32 @@ def test_missing_or_corrupt_model_folder(model_dir, tmp_path):
     (no_weights / "config.json").write_text((model_dir / "config.json").read_text())
     with pytest.raises(SpeechLLMLoadError, match="cannot load the speech LLM"):
         load_speech_llm_checked(no_weights)
+
+
+def test_prompt_draft_from_the_ctc_head_equals_the_same_draft_from_a_column(speech, asr_set, tmp_path):
+    """``prompt_draft=ctc`` rebuilds each prompt with the model's own greedy CTC transcript. Its
+    drafts must be what the greedy-CTC evaluation of the same encoder writes, and its generations
+    what a dataset whose ``draft`` column holds those transcripts gives through the collator."""
+    from granite_train.eval.run import evaluate_ctc
+
+    evaluate_ctc(speech.encoder, [_spec(asr_set)], progress=False, hypotheses_path=tmp_path / "ctc.jsonl")
+    ctc = {r["id"]: r["hypothesis"] for r in _hyps(tmp_path / "ctc.jsonl")}
+    assert len(ctc) == len(ROWS) and any(ctc.values())  # a random encoder still emits characters
+
+    _eval(speech, [_spec(asr_set)], prompt_draft="ctc", hypotheses_path=tmp_path / "c.jsonl")
+    from_head = _hyps(tmp_path / "c.jsonl")
+    assert {r["id"]: r["prompt_draft"] for r in from_head} == {k: " ".join(v.split()) for k, v in ctc.items()}
+    assert all(r["instruction"].endswith(f"Draft: {r['prompt_draft']}".rstrip()) for r in from_head)
+
+    column = _write_set(tmp_path, "drafted", ROWS, draft=[ctc[f"mini/{i}"] for i, *_ in ROWS])
+    _eval(speech, [_spec(column)], hypotheses_path=tmp_path / "d.jsonl")
+    from_column = _hyps(tmp_path / "d.jsonl")
+    assert [r["instruction"] for r in from_column] == [r["instruction"] for r in from_head]
+    assert [r["hypothesis"] for r in from_column] == [r["hypothesis"] for r in from_head]
+
+    # none: the column is ignored, the prompt is the plain ASR one
+    _eval(speech, [_spec(column)], prompt_draft="none", hypotheses_path=tmp_path / "n.jsonl")
+    plain = _hyps(tmp_path / "n.jsonl")
+    assert all("Draft:" not in r["instruction"] and "prompt_draft" not in r for r in plain)
+    with pytest.raises(ValueError, match="prompt_draft must be one of"):
+        _eval(speech, [_spec(column)], prompt_draft="encoder")

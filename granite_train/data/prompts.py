@@ -2,7 +2,7 @@
 
 One example's layout (the chat template of the tokenizer; granite-4.0-1b-speech's is shown)::
 
-    USER: <|audio|> x N  {instruction}[ Keywords: kw1, kw2]\\n ASSISTANT:  {target} <|end_of_text|>
+    USER: <|audio|> x N  {instruction}[ Keywords: kw1, kw2][ Draft: {draft}]\\n ASSISTANT:  {target} <|end_of_text|>
     |------------------------- prompt: labels -100 ---------------------|  |--- labels = ids ---|
 
 ``N`` is the published audio-token count ``ceil(((n_samples // 160 + 1) // 2) / 15) * 3``. The
@@ -10,6 +10,11 @@ instruction is drawn from the task's variants by a hash of (seed, example id), s
 builds the same prompts. Training sequences are right-padded (labels -100 on padding); the
 generation prompt (everything up to ``ASSISTANT:``) is also returned left-padded, as ``generate``
 needs it.
+
+A record's ``draft`` (a first-pass transcript: the stage-1 encoder's greedy CTC, written by
+``python -m data_prep.drafts``; ``eval prompt_draft=ctc`` decodes it from the model's own CTC head)
+is appended to the instruction as ``Draft: ...``: the LLM corrects a transcript it can read instead
+of writing one from audio tokens alone.
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ from granite_train.speech_format import (
 )
 
 _PUNCT = re.compile(r"[^\w\s']")
+DRAFT_PREFIX = "Draft:"
+_TEMPLATE_CACHE_SIZE = 4096  # drafts and keyword lists make most instructions unique
 
 
 @dataclass
@@ -159,7 +166,9 @@ class PromptBuilder:
         else:
             raise ValueError(f"{key}: unknown task {task!r}; known: {TASKS}")
         suffix = record.get("prompt_suffix")
-        return f"{text} {suffix}" if suffix else text
+        text = f"{text} {suffix}" if suffix else text
+        draft = record.get("draft")
+        return with_draft(text, draft) if draft is not None else text
 
     def prompt_ids(self, instruction: str, num_audio_tokens: int) -> list[int]:
         """Chat-formatted prompt ids with the single ``<|audio|>`` expanded to ``num_audio_tokens``."""
@@ -172,6 +181,8 @@ class PromptBuilder:
             ids = self.tokenizer(text, add_special_tokens=False).input_ids
             if ids.count(self.audio_id) != 1:
                 raise ValueError(f"chat template must keep exactly one {AUDIO_TOKEN}: {text!r}")
+            if len(self._template_cache) >= _TEMPLATE_CACHE_SIZE:
+                self._template_cache.clear()
             self._template_cache[instruction] = ids
         at = ids.index(self.audio_id)
         return ids[:at] + [self.audio_id] * num_audio_tokens + ids[at + 1 :]
@@ -197,6 +208,11 @@ class PromptBuilder:
 TRANSCRIPTION_MARK, TRANSLATION_MARK = "[Transcription]", "[Translation]"
 
 
+def with_draft(instruction: str, draft: str) -> str:
+    """``instruction`` with a first-pass transcript appended (``... Draft: the draft``)."""
+    return f"{instruction} {DRAFT_PREFIX} {' '.join(str(draft).split())}".rstrip()
+
+
 def translation_part(text: str) -> str:
     """The translation of a ``[Transcription] ... [Translation] ...`` target (else ``text``)."""
     at = text.rfind(TRANSLATION_MARK)
@@ -204,9 +220,11 @@ def translation_part(text: str) -> str:
 
 
 def task_label(record: Mapping[str, Any]) -> str:
-    """``asr``, ``asr+keywords`` (a keyword list in the prompt) or ``ast``: the counted task."""
+    """``asr``, ``asr+keywords`` (a keyword list in the prompt), ``asr+draft`` (a first-pass
+    transcript in it) or ``ast``: the counted task."""
     task = record.get("task") or "asr"
-    return f"{task}+keywords" if record.get("prompt_suffix") else task
+    task = f"{task}+keywords" if record.get("prompt_suffix") else task
+    return f"{task}+draft" if record.get("draft") is not None else task
 
 
 @dataclass

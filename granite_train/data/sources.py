@@ -502,6 +502,7 @@ def resolve_audio_path(path: str, base: Path | str | None) -> str:
 PROMPT_FIELDS = (
     "task",
     "prompt_suffix",
+    "draft",
     "keywords",
     "bias_words",
     "source_language",

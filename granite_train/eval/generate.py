@@ -52,7 +52,10 @@ from granite_train.data.prompts import (
     PromptConfig,
     SpeechLLMCollator,
     normalize_target,
+    pad_id,
+    pad_token_rows,
     translation_part,
+    with_draft,
 )
 from granite_train.data.sources import SourceSpec
 from granite_train.eval.biasing import biasing_error_rates, biasing_markdown
@@ -73,7 +76,7 @@ from granite_train.eval.settings import (
     eval_pipeline_config,
     resolve_normalizer,
 )
-from granite_train.eval.speculative import PATHS, speculative_decode
+from granite_train.eval.speculative import PATHS, ctc_draft, speculative_decode
 from granite_train.text.normalize import get_normalizer
 
 log = logging.getLogger(__name__)
@@ -192,8 +195,10 @@ class _GenerationCollator:
         keywords_in_prompt: bool,
         zero_audio: bool = False,
         reference_filter=None,
+        keep_drafts: bool = True,
     ):
         self.inner = inner
+        self.keep_drafts = keep_drafts
         self.target_language = target_language
         self.keywords_in_prompt = keywords_in_prompt
         self.zero_audio = zero_audio
@@ -213,6 +218,8 @@ class _GenerationCollator:
                 record["prompt_suffix"] = ""
             elif not record.get("prompt_suffix") and record.get("keywords"):
                 record["prompt_suffix"] = KEYWORDS_PREFIX + ", ".join(record["keywords"])
+            if not self.keep_drafts:
+                record.pop("draft", None)
             e.record = record
             if self.zero_audio:  # silence of the same length: the same prompt, nothing to hear
                 e.waveform = torch.zeros_like(e.waveform)
@@ -222,7 +229,26 @@ class _GenerationCollator:
             {k: e.record[k] for k in ("keywords", "bias_words", "prompt_suffix") if k in e.record}
             for e in items
         ]
+        batch.drafts = [e.record.get("draft") for e in items]
         return batch
+
+
+def _prompts_with_ctc_drafts(speech, prompts: PromptBuilder, batch, feats, feat_lengths):
+    """The batch's prompts rebuilt with the model's own greedy CTC transcript as the draft.
+
+    Returns the left-padded prompt ids and mask (on the CPU), the drafts and the instructions.
+    """
+    _, encoder_out = speech._encode(feats, feat_lengths)
+    drafts, _ = ctc_draft(encoder_out.logits, encoder_out.lengths, speech.encoder.ctc_vocab())
+    drafts = [" ".join(d.split()) for d in drafts]
+    rows, instructions = [], []
+    for i, draft in enumerate(drafts):
+        row = batch.prompt_ids[i][batch.prompt_mask[i].bool()]
+        n_audio = int((row == speech.audio_token_id).sum())
+        instructions.append(with_draft(batch.instructions[i], draft))
+        rows.append(prompts.prompt_ids(instructions[-1], n_audio))
+    ids, mask = pad_token_rows(rows, pad_id(prompts.tokenizer), left=True)
+    return ids, mask, drafts, instructions
 
 
 def _warmup(speech, device: torch.device, settings: EvalSettings, prompts: PromptBuilder) -> None:
@@ -283,6 +309,7 @@ def _decode_pass(
         keywords_in_prompt,
         settings.zero_audio,
         reference_filter,
+        keep_drafts=settings.prompt_draft == "dataset",
     )
     loader = build_dataloader(pipeline, num_workers=settings.num_workers, collator=collator)
     bar = tqdm(desc=f"generate {name}", unit="utt", disable=not settings.progress, dynamic_ncols=True)
@@ -309,12 +336,18 @@ def _decode_pass(
             feats = batch.features.to(device, non_blocking=True)
             feat_lengths = batch.feature_lengths.to(device)
         spec_out = None
+        prompt_ids, prompt_mask, drafts = batch.prompt_ids, batch.prompt_mask, batch.drafts
+        instructions = batch.instructions
         with torch.inference_mode(), settings.autocast(device):
+            if settings.prompt_draft == "ctc":
+                prompt_ids, prompt_mask, drafts, instructions = _prompts_with_ctc_drafts(
+                    speech, prompts, batch, feats, feat_lengths
+                )
             if speculative is not None and not any(t == "ast" for t in batch.tasks):
                 spec_out = speculative_decode(
                     speech,
-                    batch.prompt_ids.to(device),
-                    batch.prompt_mask.to(device),
+                    prompt_ids.to(device),
+                    prompt_mask.to(device),
                     feats,
                     feat_lengths,
                     speculative,
@@ -324,8 +357,8 @@ def _decode_pass(
                 hyps = spec_out.texts
             else:
                 out = speech.generate(
-                    batch.prompt_ids.to(device),
-                    batch.prompt_mask.to(device),
+                    prompt_ids.to(device),
+                    prompt_mask.to(device),
                     feats,
                     feat_lengths,
                     **generate_kwargs,
@@ -344,13 +377,15 @@ def _decode_pass(
                     "language": batch.languages[i],
                     "task": batch.tasks[i],
                     "target_language": batch.target_languages[i],
-                    "instruction": batch.instructions[i],
+                    "instruction": instructions[i],
                     "duration": int(batch.waveform_lengths[i]) / SAMPLE_RATE,
                     "reference": text,
                     "hypothesis": hyp.strip(),
                     "_record": batch.keyword_fields[i],
                 }
             )
+            if drafts[i] is not None:
+                rows[-1]["prompt_draft"] = drafts[i]
             path = "autoregressive" if spec_out is None else spec_out.paths[i]
             paths[path] += 1
             if spec_out is not None:

@@ -38,6 +38,9 @@ NORMALIZER_CHOICES = (*NORMALIZER_NAMES, "auto")
 SAMPLE_RATE = LogMelFeatures.SAMPLE_RATE
 
 
+PROMPT_DRAFTS = ("dataset", "ctc", "none")
+
+
 @dataclass
 class EvalSettings:
     """How test sets are decoded and scored.
@@ -70,6 +73,10 @@ class EvalSettings:
             (:class:`~granite_train.eval.speculative.SpeculativeSettings`); None = autoregressive.
         probes: generation: also decode the built-in hallucination probes (silence, noise, one-word
             clips; :mod:`granite_train.eval.probes`) and report non-empty / over-long outputs.
+        prompt_draft: generation: the first-pass transcript in the prompt (``Draft: ...``, for a
+            model trained with drafts). ``dataset``: a record's ``draft`` column where it has one;
+            ``ctc``: the model's own greedy CTC transcript, decoded per batch (its encoder pass
+            counts in RTFx); ``none``: never.
 
     RTFx is the leaderboard's: audio seconds over the summed wall time of each batch's features,
     model and decoding (audio decoding and loading excluded); ``stream_wall_seconds`` in a
@@ -95,8 +102,11 @@ class EvalSettings:
     protocol: str = "default"
     speculative: SpeculativeSettings | None = None
     probes: bool = False
+    prompt_draft: str = "dataset"
 
     def __post_init__(self) -> None:
+        if self.prompt_draft not in PROMPT_DRAFTS:
+            raise ValueError(f"prompt_draft must be one of {PROMPT_DRAFTS}, got {self.prompt_draft!r}")
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
         if self.dtype not in DTYPES:

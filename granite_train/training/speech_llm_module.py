@@ -263,7 +263,7 @@ class SpeechLLMModule(StepSkippingModule):
                 normalizer = "whisper_english" if language in (None, "en") else "basic"
             self.log_error_rates([r[1] for r in asr], [r[2] for r in asr], normalizer,
                                  language=language or "en", primary="wer")  # fmt: skip
-            keyword = [r for r in asr if r[0].endswith("+keywords") and r[5]]
+            keyword = [r for r in asr if "+keywords" in r[0] and r[5]]
             if keyword:
                 from granite_train.eval.biasing import biasing_error_rates
 
