@@ -84,13 +84,15 @@ class TrainerConfig:
 
     Attributes:
         max_steps: optimizer steps (skipped non-finite steps do not count).
-        accelerator / devices / num_nodes / strategy: Lightning's (``devices`` > 1: DDP).
+        accelerator / devices / num_nodes / strategy: Lightning's (``devices`` > 1: DDP), or
+            ``fsdp2``: stage 2 with the LLM sharded over the ranks (torch FSDP2 through Lightning's
+            model-parallel strategy, CPU or CUDA; :mod:`granite_train.training.sharding`).
         process_group_timeout_s: how long a DDP collective waits for the other ranks before it
             fails and the run exits (Lightning's default, 30 minutes). A rank whose processes died
             is noticed at once (its connections close); this bounds the wait on one that hangs or
             whose node vanished silently. Keep it above the longest wait of a healthy run (rank 0
             writing a checkpoint, the slowest rank's validation share). Applies when
-            ``strategy`` is a DDP one, or ``auto`` with ``num_nodes`` > 1.
+            ``strategy`` is a DDP one, ``fsdp2``, or ``auto`` with ``num_nodes`` > 1.
         precision: ``auto`` = bf16 autocast where the device computes bf16 natively (CUDA with
             bf16, a CPU with AVX512-BF16 or AMX), fp32 elsewhere; or any Lightning precision.
         threads: torch intra-op threads; null = torch's default (all cores).

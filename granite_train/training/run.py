@@ -42,6 +42,8 @@ from granite_train.training.config import (
     load_recipe_config,
 )
 from granite_train.training.precision import resolve_precision
+from granite_train.training.sharding import STRATEGY_NAME as SHARDED_STRATEGY
+from granite_train.training.sharding import is_sharded
 from granite_train.typed_config import from_mapping, to_plain
 
 log = logging.getLogger(__name__)
@@ -146,21 +148,23 @@ class SpeechDataModule(L.LightningDataModule):
         return build_dataloader(pipeline, num_workers=workers, collator=collator)
 
 
-def _export(cfg: RecipeConfig, module: L.LightningModule, output_dir: Path) -> Path:
-    """The final model as a transformers folder: ``encoder_hf/`` (stage 1) or ``speech_llm_hf/``."""
+def _export(cfg: RecipeConfig, module: L.LightningModule, output_dir: Path, speech=None) -> Path:
+    """The final model as a transformers folder: ``encoder_hf/`` (stage 1) or ``speech_llm_hf/``
+    (of ``speech``, default ``module.model``: a sharded run passes the model of its full checkpoint)."""
     if cfg.stage == "ctc":
         from granite_train.models.export import export_hf_encoder
 
         return export_hf_encoder(module.encoder, output_dir / "encoder_hf")
     from granite_train.models.speech_export import export_lora_adapter, export_speech_llm, only_lora_trained
 
-    folder = export_speech_llm(module.model, output_dir / "speech_llm_hf", merge_lora=cfg.export.merge_lora)
+    speech = module.model if speech is None else speech
+    folder = export_speech_llm(speech, output_dir / "speech_llm_hf", merge_lora=cfg.export.merge_lora)
     if cfg.export.lora_adapter:
-        why_not = only_lora_trained(module.model)
+        why_not = only_lora_trained(speech)
         if why_not is None and not cfg.model.init:
             why_not = "the base model is not a released checkpoint (model.init)"
         if why_not is None:
-            export_lora_adapter(module.model, output_dir / "speech_llm_lora", cfg.model.init)
+            export_lora_adapter(speech, output_dir / "speech_llm_lora", cfg.model.init)
         else:
             log.warning("export.lora_adapter: no adapter written: %s (%s)", why_not, folder)
     return folder
@@ -357,12 +361,17 @@ def _build_stage(cfg: RecipeConfig, max_steps: int):
 
 
 def _strategy(tcfg: TrainerConfig) -> Any:
-    """``trainer.strategy``; a DDP one built with ``trainer.process_group_timeout_s``."""
+    """``trainer.strategy``; a DDP one (or ``fsdp2``, :mod:`.sharding`) built with
+    ``trainer.process_group_timeout_s``."""
     from datetime import timedelta
+
+    from granite_train.training.sharding import ShardedDataParallelStrategy
 
     from lightning.pytorch.strategies import DDPStrategy, StrategyRegistry
 
     name = tcfg.strategy
+    if name == SHARDED_STRATEGY:
+        return ShardedDataParallelStrategy(timeout=timedelta(seconds=float(tcfg.process_group_timeout_s)))
     if name == "auto" and int(tcfg.num_nodes) > 1:
         name = "ddp"  # what Lightning picks for several nodes
     entry = StrategyRegistry[name] if name in StrategyRegistry else {}
@@ -393,6 +402,11 @@ def _train(cfg: RecipeConfig, extra_callbacks: list[L.Callback]) -> TrainResult:
 
     max_steps = int(tcfg.max_steps)
     accumulate = int(cfg.optim.accumulate_grad_batches)
+    if tcfg.strategy == SHARDED_STRATEGY and cfg.stage != "speech_llm":
+        raise ValueError(
+            f"trainer.strategy={SHARDED_STRATEGY} shards a stage-2 LLM; stage {cfg.stage!r} trains an "
+            "encoder that fits one device: use trainer.strategy=ddp (or auto)"
+        )
     check_training_data(cfg.data)  # before a model is built: bad data fails in seconds
     module, wrap_collator = _build_stage(cfg, max_steps)
     every = int(tcfg.checkpoint_every_n_steps)
@@ -488,7 +502,16 @@ def _train(cfg: RecipeConfig, extra_callbacks: list[L.Callback]) -> TrainResult:
         png = merged and plot_curves(merged, output_dir / "curves.png", title=str(cfg.name))
         if png:
             log.info("loss / CER curves: %s", png)
-    if trainer.is_global_zero and tcfg.export_hf:
+    if tcfg.export_hf and is_sharded(trainer.strategy):
+        # the weights are spread over the ranks: every rank takes part in writing one full
+        # checkpoint, which rank 0 then exports as any checkpoint is exported
+        final = ckpt_dir / "final.ckpt"
+        trainer.save_checkpoint(final)
+        if trainer.is_global_zero:
+            from granite_train.models.speech_export import speech_llm_from_checkpoint
+
+            _export(cfg, module, output_dir, speech=speech_llm_from_checkpoint(final, output_dir / "processor"))
+    elif trainer.is_global_zero and tcfg.export_hf:
         _export(cfg, module, output_dir)
     if trainer.is_global_zero:
         _write_summary(output_dir, trainer.global_step, dict(module.counters), metrics)

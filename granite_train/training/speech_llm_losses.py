@@ -65,7 +65,8 @@ class AudioCTCHead(nn.Module):
         else:
             self.norm = self.proj = None
             # cosine logits in [-1, 1] need a sharp temperature for a many-way softmax
-            self.log_scale = nn.Parameter(torch.tensor(math.log(INITIAL_TIED_SCALE)))
+            # shape (1,), not a scalar: FSDP2 shards parameters along a dimension
+            self.log_scale = nn.Parameter(torch.tensor([math.log(INITIAL_TIED_SCALE)]))
             # the blank has no row: it wins where no token reads with a cosine above
             # INITIAL_BLANK_COSINE (with bias 0, one of thousands of random cosines always beats it,
             # and at an Adam LR of 1e-3 a bias needs ~10^4 steps to climb there)
@@ -79,6 +80,12 @@ class AudioCTCHead(nn.Module):
     @property
     def tied(self) -> bool:
         return self.proj is None
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        key = prefix + "log_scale"
+        if key in state_dict and state_dict[key].dim() == 0:  # checkpoints written before (1,)
+            state_dict[key] = state_dict[key].reshape(1)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, audio: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """Logits over the vocabulary, or (tied head) over the token ids ``rows`` only."""

@@ -113,6 +113,17 @@ class SpeechLLMModule(StepSkippingModule):
     def tokenizer(self):
         return self.model.tokenizer
 
+    def configure_model(self) -> None:
+        """``trainer.strategy=fsdp2``: shard the LLM layer by layer (:mod:`..sharding`); a no-op
+        under any other strategy (only Lightning's model-parallel strategies set a device mesh)."""
+        mesh = getattr(self, "_device_mesh", None)
+        if mesh is None or getattr(self, "_sharded", False):
+            return
+        from granite_train.training.sharding import shard_speech_llm
+
+        shard_speech_llm(self, mesh["data_parallel"])
+        self._sharded = True
+
     def on_fit_start(self) -> None:
         if self.trainer.is_global_zero:
             print(f"[stage 2] {format_counts(self.param_counts)}", flush=True)

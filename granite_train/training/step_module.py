@@ -34,6 +34,7 @@ import torch
 from granite_train.models.checkpoints import TRAINING_STATE_KEY
 from granite_train.training.config import OptimConfig
 from granite_train.training.schedules import build_schedule
+from granite_train.training.sharding import full_tensor
 from granite_train.typed_config import from_mapping, to_plain
 
 log = logging.getLogger(__name__)
@@ -239,6 +240,7 @@ class StepSkippingModule(L.LightningModule):
         params = [p for p in self.parameters() if p.grad is not None]
         max_norm = float(clip) if clip else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm) if params else torch.zeros(())
+        grad_norm = full_tensor(grad_norm)  # FSDP2: a DTensor over the ranks' shards
         # every rank must take the same decision: the per-rank loss and gradient-norm flags are
         # reduced here (gradients are all-reduced already, but a rank's own can still go bad)
         local_ok = torch.minimum(
