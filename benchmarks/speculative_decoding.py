@@ -120,6 +120,12 @@ def main() -> None:
     parser.add_argument(
         "--no-leading-space", action="store_true", help="draft without a leading space (released 4.0-1b)"
     )
+    parser.add_argument(
+        "--prompt-draft",
+        default="dataset",
+        choices=["dataset", "ctc", "none"],
+        help="a model trained with the encoder's draft in its prompt: ctc (decoded per batch), as eval's prompt_draft",
+    )
     parser.add_argument("--rounds", type=int, default=2, help="timed passes per setting (median RTFx)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     parser.add_argument("--out", type=Path, default=Path("work/speculative"))
@@ -139,6 +145,7 @@ def main() -> None:
         batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens,
         num_beams=args.num_beams,
+        prompt_draft=args.prompt_draft,
         progress=True,
     )
     args.out.mkdir(parents=True, exist_ok=True)

@@ -42,6 +42,7 @@ from granite_train.data.sources import SourceSpec
 from granite_train.eval.ctc_decode import greedy_ctc_decode
 from granite_train.eval.metrics import error_rates
 from granite_train.eval.report import EvalResult, results_to_markdown, write_hypotheses, write_result_files
+from granite_train.eval.turboctc import is_turboctc_folder, turboctc_eval_parts
 from granite_train.eval.settings import (
     SAMPLE_RATE,
     EvalDataset,
@@ -77,9 +78,11 @@ def _evaluate_one(
     device: torch.device,
     features_on_device: bool,
     vocab: CharVocab,
+    frontend=None,
+    decode=None,
 ) -> tuple[EvalResult, list[dict[str, Any]]]:
     spec = dataset.source
-    featurizer = LogMelFeatures().to(device) if features_on_device else None
+    featurizer = frontend or (LogMelFeatures().to(device) if features_on_device else None)
     rows: list[dict[str, Any]] = []
     skipped: Counter[str] = Counter()
     repaired: Counter[str] = Counter()
@@ -97,7 +100,7 @@ def _evaluate_one(
         config, rank=0, world_size=1, final_tally=True, extra_symbols=vocab.extra_symbols
     )
     collator = TallyPassingCollator(
-        compute_features=not features_on_device, reference_filter=reference_filter
+        compute_features=featurizer is None, reference_filter=reference_filter
     )
     loader = build_dataloader(pipeline, num_workers=settings.num_workers, collator=collator)
     bar = tqdm(desc=f"eval {spec.name}", unit="utt", disable=not settings.progress, dynamic_ncols=True)
@@ -118,7 +121,10 @@ def _evaluate_one(
             feat_lengths = batch.feature_lengths.to(device)  # (B,)
         with torch.inference_mode(), settings.autocast(device):
             out = encoder(feats, feat_lengths)
-        hyps = greedy_ctc_decode(out.logits, out.lengths, vocab)  # argmax on the device, then CPU
+        if decode is not None:
+            hyps = decode(out.logits, out.lengths)
+        else:
+            hyps = greedy_ctc_decode(out.logits, out.lengths, vocab)  # argmax on the device, then CPU
         compute_seconds += time.perf_counter() - batch_start  # the texts are on the CPU: synchronised
         for i, hyp in enumerate(hyps):
             text = batch.texts[i]
@@ -195,6 +201,8 @@ def evaluate_ctc(
     hypotheses_path: str | Path | None = None,
     model_name: str | None = None,
     vocab: CharVocab | None = None,
+    frontend=None,
+    decode=None,
     **overrides: Any,
 ) -> list[EvalResult]:
     """Greedy-CTC WER / CER and RTFx of ``encoder`` on each dataset (see the module doc).
@@ -216,6 +224,10 @@ def evaluate_ctc(
         model_name: recorded in each result's details.
         vocab: the CTC head's vocabulary; default: the encoder's own (``encoder.ctc_vocab()``: the
             symbol table it was loaded with), else the base vocabulary.
+        frontend / decode: another model family's input and output (the 5.0 TurboCTC's: its feature
+            extractor, its BPE tokenizer; :mod:`granite_train.eval.turboctc`):
+            ``frontend(waveforms, lengths)`` on the device gives what ``encoder`` is called with,
+            inside each timed batch; ``decode(logits, lengths)`` the hypotheses.
 
     Returns:
         One :class:`EvalResult` per dataset, in order.
@@ -230,13 +242,18 @@ def evaluate_ctc(
     encoder = encoder.to(device).eval()
     try:
         config = getattr(encoder, "config", None)
-        _warmup(encoder, device, settings, getattr(config, "input_dim", LogMelFeatures.FEATURE_DIM))
+        if frontend is not None:
+            with torch.inference_mode():
+                encoder(*frontend(torch.zeros(1, 2 * SAMPLE_RATE, device=device), torch.tensor([2 * SAMPLE_RATE])))
+        else:
+            _warmup(encoder, device, settings, getattr(config, "input_dim", LogMelFeatures.FEATURE_DIM))
         vocab = vocab if vocab is not None else _head_vocab(encoder)
         results, all_rows = [], []
         for dataset in specs:
             result, rows = _evaluate_one(
-                encoder, dataset, settings, device=device, features_on_device=features_on_device, vocab=vocab
-            )
+                encoder, dataset, settings, device=device, features_on_device=features_on_device, vocab=vocab,
+                frontend=frontend, decode=decode,
+            )  # fmt: skip
             if model_name is not None:
                 result.details["model"] = model_name
             results.append(result)
@@ -274,7 +291,11 @@ def run_eval(
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     device = settings.resolved_device()
-    encoder = load_encoder(model, attn_impl=settings.attn_impl)
+    family = {}
+    if is_turboctc_folder(model):  # granite-speech-5.0 TurboCTC: BPE CTC through its own processor
+        encoder, family = turboctc_eval_parts(model, device)
+    else:
+        encoder = load_encoder(model, attn_impl=settings.attn_impl)
     if settings.dtype in ("float32", "fp32"):
         encoder = encoder.float()  # a bf16 export is evaluated in fp32 unless asked otherwise
     log.info("evaluating %s on %s (%s)", model, device, settings.dtype)
@@ -285,6 +306,7 @@ def run_eval(
         device=str(device),
         hypotheses_path=out / "hypotheses.jsonl" if settings.write_hypotheses else None,
         model_name=str(model),
+        **family,
     )
     table = results_to_markdown(results, average=len(results) > 1)
     summary = (
