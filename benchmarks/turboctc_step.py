@@ -51,7 +51,9 @@ def build(size: str, bpe_vocab: int):
     spec = SIZES[size]
     width, layers, heads = spec["width"], spec["layers"], spec["heads"]
     torch.manual_seed(0)
-    config40 = encoder_config("tiny", num_layers=layers, hidden_dim=width, num_heads=heads, dim_head=width // heads)
+    config40 = encoder_config(
+        "tiny", num_layers=layers, hidden_dim=width, num_heads=heads, dim_head=width // heads
+    )
     config40.dropout = 0.0
     ours40 = CTCEncoder(config40)
     config50 = tiny_turboctc_config(
@@ -89,7 +91,9 @@ def run(size: str, args) -> dict:
     def step40():
         ours40.zero_grad(set_to_none=True)
         out = ours40(feats40, lengths)
-        loss40(out.logits, out.lengths, targets40, target_lengths40, mid_logits=out.mid_logits).loss.backward()
+        loss40(
+            out.logits, out.lengths, targets40, target_lengths40, mid_logits=out.mid_logits
+        ).loss.backward()
         return out.logits.shape[1]
 
     def step50():
@@ -145,7 +149,9 @@ def run(size: str, args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sizes", default="tiny,medium", help=f"comma-separated: {', '.join(SIZES)}")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=8.0)
@@ -161,7 +167,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         parser.error(f"unknown sizes {unknown}; choose from {sorted(SIZES)}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
+    )
     results = [run(size, args) for size in sizes]
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -173,7 +173,13 @@ def test_draft_goes_after_keywords_and_labels_the_task(tok):
     from granite_train.data.prompts import task_label
 
     builder = PromptBuilder(tok, PromptConfig(vary_instructions=False))
-    record = {"id": "d", "task": "asr", "prompt_suffix": "Keywords: a, b", "draft": " the  qick\tfox ", "text": "x"}
+    record = {
+        "id": "d",
+        "task": "asr",
+        "prompt_suffix": "Keywords: a, b",
+        "draft": " the  qick\tfox ",
+        "text": "x",
+    }
     assert builder.instruction(record) == f"{ASR_INSTRUCTIONS[0]} Keywords: a, b Draft: the qick fox"
     ex = builder(record, 8000)
     assert tok.decode(ex.prompt_ids).endswith("Keywords: a, b Draft: the qick fox\n ASSISTANT:")

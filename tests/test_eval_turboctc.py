@@ -29,14 +29,19 @@ def test_eval_of_a_turboctc_folder_matches_transformers_clip_by_clip(tmp_path):
     ids = make_corpus(tmp_path / "set", "test", n=5, num_shards=1, durations=(0.8, 1.6), seed=3)
 
     # max_frames 100 (2 s): one clip per batch, so the reference below decodes exactly those inputs
-    spec = {"name": "mini", "path": str(tmp_path / "set"), "split": "test", "language": "en"}
-    (result,), _ = run_eval(folder, [spec], tmp_path / "out", max_frames=100, progress=False, normalizer="basic")
+    spec = {"name": "mini", "path": str(tmp_path / "set" / "test"), "kind": "parquet", "language": "en"}
+    (result,), _ = run_eval(
+        folder, [spec], tmp_path / "out", max_frames=100, progress=False, normalizer="basic"
+    )
     rows = [json.loads(line) for line in (tmp_path / "out" / "hypotheses.jsonl").read_text().splitlines()]
     assert [r["id"].split("/", 1)[1] for r in rows] == sorted(ids) and result.num_utts == 5
 
     # plain transformers: the Auto classes, each clip alone, the tokenizer's own CTC grouping
-    ref_model, processor = AutoModelForCTC.from_pretrained(folder).eval(), AutoProcessor.from_pretrained(folder)
-    table = pq.read_table(next((tmp_path / "set").glob("test-*.parquet"))).to_pylist()
+    ref_model, processor = (
+        AutoModelForCTC.from_pretrained(folder).eval(),
+        AutoProcessor.from_pretrained(folder),
+    )
+    table = pq.read_table(next((tmp_path / "set" / "test").glob("*.parquet"))).to_pylist()
     expected = {}
     for row in table:
         audio = load_audio(row["audio"]["bytes"], 16000).numpy()

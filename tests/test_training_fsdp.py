@@ -18,8 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.test_training_ctc_module import _env, _free_port
-from tests.test_training_speech_llm_runs import _overrides
-from tests.test_training_speech_llm_runs import corpus, parts  # noqa: F401  (fixtures)
+from tests.test_training_speech_llm_runs import _overrides, corpus, parts  # noqa: F401  (fixtures)
 
 STEPS = 6
 
@@ -59,7 +58,9 @@ def test_fsdp2_trains_what_ddp_trains_and_exports_it(parts, corpus, tmp_path):  
     tied = "model.loss.audio_ctc_head=tied"  # the SmolLM2 recipes' head: it reads the (whole) embedding table
     _torchrun(parts, corpus, ddp, "ddp", tied)
     proc = _torchrun(parts, corpus, fsdp, "fsdp2", tied)
-    held = re.findall(r"fsdp2: sharded decoder_layers \d+.*holds (\d+) of (\d+) decoder-layer", proc.stdout + proc.stderr)
+    held = re.findall(
+        r"fsdp2: sharded decoder_layers \d+.*holds (\d+) of (\d+) decoder-layer", proc.stdout + proc.stderr
+    )
     assert held, (proc.stdout + proc.stderr)[-2000:]
     for local, full in held:  # each rank holds its half (the first dimension rounded up)
         assert 0 < int(local) <= int(full) // 2 + int(full) // 50
@@ -117,7 +118,9 @@ def test_fsdp2_strategy_and_refusals():
     from granite_train.training.run import train
 
     cfg = load_recipe("ctc_tiny_en", ["trainer.strategy=fsdp2", "output_dir=/nonexistent/never_written"])
-    with pytest.raises(ValueError, match="stage 'ctc' trains an encoder that fits one device: use trainer.strategy=ddp"):
+    with pytest.raises(
+        ValueError, match="stage 'ctc' trains an encoder that fits one device: use trainer.strategy=ddp"
+    ):
         train(cfg)
 
 
@@ -145,7 +148,11 @@ def test_sharding_refuses_a_tied_head_on_a_trained_embedding_table(parts, tmp_pa
         mesh = init_device_mesh("cpu", (1,))
         m = module()
         counts = shard_speech_llm(m, mesh)
-        assert counts == {"decoder_layers": len(m.model.language_model.layers), "projector": 1, "audio_ctc_head": 1}
+        assert counts == {
+            "decoder_layers": len(m.model.language_model.layers),
+            "projector": 1,
+            "audio_ctc_head": 1,
+        }
         assert all(isinstance(p, DTensor) for p in m.model.language_model.layers.parameters())
         assert all(isinstance(p, DTensor) for p in m.model.projector.parameters())
         # frozen outside the layers: whole, so the tied head can read the table

@@ -42,7 +42,6 @@ from granite_train.data.sources import SourceSpec
 from granite_train.eval.ctc_decode import greedy_ctc_decode
 from granite_train.eval.metrics import error_rates
 from granite_train.eval.report import EvalResult, results_to_markdown, write_hypotheses, write_result_files
-from granite_train.eval.turboctc import is_turboctc_folder, turboctc_eval_parts
 from granite_train.eval.settings import (
     SAMPLE_RATE,
     EvalDataset,
@@ -54,6 +53,7 @@ from granite_train.eval.settings import (
     resolve_device,
     resolve_normalizer,
 )
+from granite_train.eval.turboctc import is_turboctc_folder, turboctc_eval_parts
 from granite_train.text.normalize import get_normalizer
 from granite_train.text.vocab import CharVocab
 
@@ -99,9 +99,7 @@ def _evaluate_one(
     pipeline = SpeechDataPipeline(
         config, rank=0, world_size=1, final_tally=True, extra_symbols=vocab.extra_symbols
     )
-    collator = TallyPassingCollator(
-        compute_features=featurizer is None, reference_filter=reference_filter
-    )
+    collator = TallyPassingCollator(compute_features=featurizer is None, reference_filter=reference_filter)
     loader = build_dataloader(pipeline, num_workers=settings.num_workers, collator=collator)
     bar = tqdm(desc=f"eval {spec.name}", unit="utt", disable=not settings.progress, dynamic_ncols=True)
     for batch in loader:
@@ -244,7 +242,9 @@ def evaluate_ctc(
         config = getattr(encoder, "config", None)
         if frontend is not None:
             with torch.inference_mode():
-                encoder(*frontend(torch.zeros(1, 2 * SAMPLE_RATE, device=device), torch.tensor([2 * SAMPLE_RATE])))
+                encoder(
+                    *frontend(torch.zeros(1, 2 * SAMPLE_RATE, device=device), torch.tensor([2 * SAMPLE_RATE]))
+                )
         else:
             _warmup(encoder, device, settings, getattr(config, "input_dim", LogMelFeatures.FEATURE_DIM))
         vocab = vocab if vocab is not None else _head_vocab(encoder)

@@ -72,7 +72,10 @@ def turboctc_eval_parts(folder: str | Path, device: torch.device) -> tuple[nn.Mo
     loaded = load_turboctc(folder)
     tokenizer = loaded.processor.tokenizer
     frontend = TurboCTCFrontend(loaded.processor.feature_extractor, device)
-    return TurboCTCLogits(loaded.model), {"frontend": frontend, "decode": partial(_decode, tokenizer=tokenizer)}
+    return TurboCTCLogits(loaded.model), {
+        "frontend": frontend,
+        "decode": partial(_decode, tokenizer=tokenizer),
+    }
 
 
 def _decode(logits: torch.Tensor, lengths: torch.Tensor, tokenizer) -> list[str]:

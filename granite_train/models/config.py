@@ -303,6 +303,36 @@ class SpeechLLMModelConfig:
             )
 
 
+@dataclass
+class TurboCTCModelConfig:
+    """Stage ``turboctc``: a granite-speech-5.0 TurboCTC model (``GraniteSpeech5ForCTC``) trained on
+    its own CTC loss over its own BPE vocabulary (:mod:`granite_train.models.turboctc`).
+
+    Attributes:
+        init: the folder to start from, in the released layout (``config.json``, weights and the
+            processor: feature extractor + tokenizer); ``ibm-granite/granite-speech-5.0-470m-turboctc``
+            downloaded, or a tiny one built for tests.
+        train_top_layers: train only the top N conformer layers and the CTC heads; null trains the
+            whole model (what IBM's notebook does).
+        normalize_targets: lowercase, punctuation-free targets (synthetic speech carries neither);
+            the released model writes case and punctuation, so false for it.
+    """
+
+    init: str = ""
+    train_top_layers: int | None = None
+    normalize_targets: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.init:
+            raise ValueError(
+                "model.init: give the TurboCTC folder to start from (config.json + weights + processor)"
+            )
+        if self.train_top_layers is not None and self.train_top_layers < 1:
+            raise ValueError(
+                f"model.train_top_layers must be >= 1 or null (the whole model), got {self.train_top_layers}"
+            )
+
+
 __all__ = [
     "ATTN_IMPLS",
     "PROJECTOR_PRESETS",
@@ -313,4 +343,5 @@ __all__ = [
     "SpeechLLMLossConfig",
     "SpeechLLMModelConfig",
     "TrainableParts",
+    "TurboCTCModelConfig",
 ]

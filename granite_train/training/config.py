@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from granite_train.data.prompts import PromptConfig
-from granite_train.models.config import CTCModelConfig, SpeechLLMModelConfig
+from granite_train.models.config import CTCModelConfig, SpeechLLMModelConfig, TurboCTCModelConfig
 from granite_train.training.schedules import SCHEDULE_ARGS
 from granite_train.typed_config import check_keys, from_mapping
 
-STAGES = ("ctc", "speech_llm")
+STAGES = ("ctc", "speech_llm", "turboctc")
 PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true")
 
 
@@ -275,12 +275,14 @@ class RecipeConfig:
 
     Attributes:
         name: the run's name (logs, wandb).
-        stage: ``ctc`` (stage 1, the encoder) or ``speech_llm`` (stage 2).
+        stage: ``ctc`` (stage 1, the encoder), ``speech_llm`` (stage 2) or ``turboctc`` (a
+            granite-speech-5.0 TurboCTC model).
         output_dir: checkpoints, logs, curves and the export.
         resume: ``auto`` = continue from ``output_dir/checkpoints/last.ckpt`` if present; null =
             start over; or a checkpoint path.
         val_normalizer: text normalizer of the validation CER / WER (``auto``: Whisper English for en).
-        model: :class:`CTCModelConfig` (stage 1) or :class:`SpeechLLMModelConfig` (stage 2).
+        model: :class:`CTCModelConfig` (stage 1), :class:`SpeechLLMModelConfig` (stage 2) or
+            :class:`TurboCTCModelConfig`.
         prompts / validation / export: stage 2 only.
         paths: where things live (``configs/paths``), free-form.
     """
@@ -305,7 +307,11 @@ class RecipeConfig:
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
-        model_cls = CTCModelConfig if self.stage == "ctc" else SpeechLLMModelConfig
+        model_cls = {
+            "ctc": CTCModelConfig,
+            "speech_llm": SpeechLLMModelConfig,
+            "turboctc": TurboCTCModelConfig,
+        }[self.stage]
         self.model = from_mapping(model_cls, self.model, "model")
 
 

@@ -149,12 +149,19 @@ class SpeechDataModule(L.LightningDataModule):
 
 
 def _export(cfg: RecipeConfig, module: L.LightningModule, output_dir: Path, speech=None) -> Path:
-    """The final model as a transformers folder: ``encoder_hf/`` (stage 1) or ``speech_llm_hf/``
+    """The final model as a transformers folder: ``encoder_hf/`` (stage 1), ``turboctc_hf/`` or ``speech_llm_hf/``
     (of ``speech``, default ``module.model``: a sharded run passes the model of its full checkpoint)."""
     if cfg.stage == "ctc":
         from granite_train.models.export import export_hf_encoder
 
         return export_hf_encoder(module.encoder, output_dir / "encoder_hf")
+    if cfg.stage == "turboctc":  # the released 5.0 layout: plain transformers loads it
+        from granite_train.models.turboctc import save_turboctc
+
+        processor = module.processor
+        return save_turboctc(
+            module.model, processor.tokenizer, output_dir / "turboctc_hf", processor.feature_extractor
+        )
     from granite_train.models.speech_export import export_lora_adapter, export_speech_llm, only_lora_trained
 
     speech = module.model if speech is None else speech
@@ -331,6 +338,18 @@ def _build_stage(cfg: RecipeConfig, max_steps: int):
             fault_injection=cfg.debug.fault_injection,
         )
         return module, None
+    if cfg.stage == "turboctc":
+        from granite_train.training.turboctc_module import TurboCTCModule
+
+        module = TurboCTCModule(
+            model=cfg.model,
+            optim=cfg.optim,
+            total_steps=max_steps,
+            seed=cfg.seed,
+            val_normalizer=cfg.val_normalizer,
+            fault_injection=cfg.debug.fault_injection,
+        )
+        return module, lambda collator, train: module.collator(collator)
     from granite_train.data.prompts import PromptBuilder, SpeechLLMCollator
     from granite_train.models.encoder_cache import check_encoder_cache_allowed
     from granite_train.training.speech_llm_module import SpeechLLMModule
@@ -365,9 +384,9 @@ def _strategy(tcfg: TrainerConfig) -> Any:
     ``trainer.process_group_timeout_s``."""
     from datetime import timedelta
 
-    from granite_train.training.sharding import ShardedDataParallelStrategy
-
     from lightning.pytorch.strategies import DDPStrategy, StrategyRegistry
+
+    from granite_train.training.sharding import ShardedDataParallelStrategy
 
     name = tcfg.strategy
     if name == SHARDED_STRATEGY:
@@ -510,7 +529,9 @@ def _train(cfg: RecipeConfig, extra_callbacks: list[L.Callback]) -> TrainResult:
         if trainer.is_global_zero:
             from granite_train.models.speech_export import speech_llm_from_checkpoint
 
-            _export(cfg, module, output_dir, speech=speech_llm_from_checkpoint(final, output_dir / "processor"))
+            _export(
+                cfg, module, output_dir, speech=speech_llm_from_checkpoint(final, output_dir / "processor")
+            )
     elif trainer.is_global_zero and tcfg.export_hf:
         _export(cfg, module, output_dir)
     if trainer.is_global_zero:

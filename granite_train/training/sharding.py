@@ -105,7 +105,9 @@ def shard_speech_llm(module: nn.Module, mesh) -> dict[str, int]:
         counts["llm_rest"] = 1
     unsharded = [n for n, p in module.named_parameters() if p.requires_grad and not isinstance(p, DTensor)]
     if unsharded:  # their gradients would never be reduced: ranks would drift apart
-        raise ValueError(f"trainer.strategy={STRATEGY_NAME}: trainable parameters left unsharded: {unsharded[:5]}")
+        raise ValueError(
+            f"trainer.strategy={STRATEGY_NAME}: trainable parameters left unsharded: {unsharded[:5]}"
+        )
     held = sum(p.to_local().numel() for layer in layers for p in layer.parameters())
     full = sum(p.numel() for layer in layers for p in layer.parameters())
     log.info(
