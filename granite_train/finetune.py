@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 
 EXPORT = "speech_llm_hf"
 """The training run's export folder: what is scored after training."""
+TURBOCTC_EXPORT = "turboctc_hf"
+"""... of a granite-speech-5.0 TurboCTC model (``recipes/turboctc_finetune.yaml``)."""
+TURBOCTC_TRAINS = ("all", "encoder_top")
 
 
 @dataclass
@@ -131,6 +134,51 @@ def recipe_overrides(config: FinetuneConfig, train_sources: list[SourceSpec], ou
     return out + list(config.overrides)
 
 
+def turboctc_recipe_overrides(
+    config: FinetuneConfig, train_sources: list[SourceSpec], output_dir: Path
+) -> list[str]:
+    """The ``turboctc_finetune`` overrides the finetune settings stand for (a 5.0 TurboCTC model)."""
+    from granite_train.workflows.recipe_overrides import device_trainer_overrides, sources_override
+
+    top = config.encoder_layers if config.trains == "encoder_top" else None
+    out = [
+        *device_trainer_overrides(),
+        f"name={config.name}",
+        f"output_dir={output_dir}",
+        f"model.init={config.model_path}",
+        f"model.train_top_layers={'null' if top is None else top}",
+        f"model.normalize_targets={str(config.ctc_lowercase).lower()}",
+        f"trainer.max_steps={config.steps}",
+        f"trainer.checkpoint_every_n_steps={config.steps}",
+        f"optim.schedule.warmup_steps={config.warmup}",
+        f"data.train.max_frames={config.max_frames}",
+        sources_override("data.train.sources", train_sources),
+    ]
+    if config.lr is not None:
+        out.append(f"optim.lr={float(config.lr)}")
+    return out + list(config.overrides)
+
+
+def _model_family(config: FinetuneConfig) -> str:
+    """``turboctc`` (a granite-speech-5.0 TurboCTC folder) or ``speech_llm``; the ``trains`` the
+    family has, checked (a ValueError naming the valid ones)."""
+    from granite_train.eval.turboctc import is_turboctc_folder
+
+    if is_turboctc_folder(config.model_path):
+        if config.trains not in TURBOCTC_TRAINS:
+            raise ValueError(
+                f"trains={config.trains}: {config.model_path} is a granite-speech-5.0 TurboCTC model (CTC "
+                f"only: no LLM, projector or LoRA); use trains=all (the whole model) or trains=encoder_top"
+            )
+        return "turboctc"
+    if config.trains == "all":
+        raise ValueError(
+            f"trains=all is for a granite-speech-5.0 TurboCTC folder; {config.model_path} is a speech "
+            f"LLM: use one of projector_lora, lora, projector, llm, encoder_top"
+        )
+    return "speech_llm"
+
+
 def serving_note(config: FinetuneConfig, export: Path, run_dir: Path) -> str:
     """How to serve the result: the merged folder always; the LoRA alone when only it trained."""
     lines = [
@@ -157,7 +205,13 @@ def serving_note(config: FinetuneConfig, export: Path, run_dir: Path) -> str:
 def _summary(config: FinetuneConfig, steps: int, export: Path, run_dir: Path) -> str:
     """The line under the title: what trained on what, and where the results are."""
     trained = ", ".join(k for k, v in config.trained_parts.items() if v)
-    if config.trains == "encoder_top":
+    if export.name == TURBOCTC_EXPORT:
+        trained = (
+            "the whole model"
+            if config.trains == "all"
+            else f"the top {config.encoder_layers} layers + CTC heads"
+        )
+    elif config.trains == "encoder_top":
         trained += f", the top {config.encoder_layers} encoder layers + CTC head"
     return (
         f"{steps} steps on `{config.data_path}` (trains: {config.trains}: {trained}; "
@@ -225,22 +279,30 @@ def run_finetune(config: FinetuneConfig | Mapping[str, Any]) -> str:
     config = from_mapping(FinetuneConfig, config)
     out = Path(config.output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    # the recipe as composed decides what a usable record is (durations, text): check against it
-    draft = load_recipe(
-        "speech_llm_finetune", recipe_overrides(config, finetune_sources(config).train, out / "train")
+    turbo = _model_family(config) == "turboctc"
+    recipe_name, overrides = (
+        ("turboctc_finetune", turboctc_recipe_overrides)
+        if turbo
+        else ("speech_llm_finetune", recipe_overrides)
     )
+    # the recipe as composed decides what a usable record is (durations, text): check against it
+    draft = load_recipe(recipe_name, overrides(config, finetune_sources(config).train, out / "train"))
     check, plan = check_data(config, build_pipeline_config(draft["data"]["train"], "data.train").prepare)
     if config.check:
         report = _data_report(check, plan, None)
         (out / "data_check.md").write_text(report)
         return report
     sources = finetune_sources(config, plan)
-    recipe = load_recipe("speech_llm_finetune", recipe_overrides(config, sources.train, out / "train"))
-    settings = EvalSettings(num_beams=config.num_beams, max_new_tokens=config.max_new_tokens)
-    scoring = Scoring(label="speech LLM", key="eval", decoder="generate", settings=settings)
+    recipe = load_recipe(recipe_name, overrides(config, sources.train, out / "train"))
+    if turbo:
+        scoring = Scoring(label="TurboCTC (greedy CTC)", key="eval", decoder="ctc", settings=EvalSettings())
+    else:
+        settings = EvalSettings(num_beams=config.num_beams, max_new_tokens=config.max_new_tokens)
+        scoring = Scoring(label="speech LLM", key="eval", decoder="generate", settings=settings)
+    export_name = TURBOCTC_EXPORT if turbo else EXPORT
 
     done = score_train_score(
-        scoring, config.model_path, sources.tests, out, lambda: train(recipe), EXPORT, tag="finetune"
+        scoring, config.model_path, sources.tests, out, lambda: train(recipe), export_name, tag="finetune"
     )
     table = comparison_table(done.rows)
     run_dir = done.trained.output_dir
@@ -256,7 +318,7 @@ def run_finetune(config: FinetuneConfig | Mapping[str, Any]) -> str:
             "counters": done.trained.counters,
             "results": [row.to_json() for row in done.rows],
         },
-        sections=[serving_note(config, done.export, run_dir)],
+        sections=[] if turbo else [serving_note(config, done.export, run_dir)],
         data_report=_data_report(check, plan, done.trained.counters),
         data_counts={"check": check.to_json(), "heldout_split": dataclasses.asdict(plan) if plan else None},
     )

@@ -11,6 +11,8 @@ TRAINS: dict[str, tuple[dict[str, bool], bool]] = {
     "llm": ({"projector": True, "lora": False, "llm": True, "encoder": False}, False),
     # + the top `encoder_layers` conformer layers and the CTC head, with the encoder CTC as an auxiliary
     "encoder_top": ({"projector": True, "lora": True, "llm": False, "encoder": False}, True),
+    # a granite-speech-5.0 TurboCTC model: the whole of it (encoder_top: its top `encoder_layers`)
+    "all": ({"projector": False, "lora": False, "llm": False, "encoder": True}, False),
 }
 """What trains, by name: the recipe's ``model.train`` flags, and whether a LoRA adapter is added."""
 
@@ -45,7 +47,9 @@ class FinetuneConfig:
             skips per reason with an example row and the fix) and print the held-out split, then
             stop; the same check always runs first.
         trains: what trains, one of :data:`TRAINS`: ``projector_lora`` (published), ``lora``,
-            ``projector``, ``llm`` (the full LLM, no LoRA) or ``encoder_top``.
+            ``projector``, ``llm`` (the full LLM, no LoRA) or ``encoder_top``; a granite-speech-5.0
+            TurboCTC model (``model_path`` a 5.0 folder) takes ``all`` (the whole model, as IBM's
+            notebook) or ``encoder_top`` (its top ``encoder_layers`` conformer layers and CTC heads).
         lora_rank: rank (and alpha) of the LoRA adapter, >= 1.
         encoder_layers: ``trains=encoder_top``: the top k conformer layers (and the CTC head) that
             train; >= 1 (0 would train no encoder layer: that is ``trains=projector_lora``).
