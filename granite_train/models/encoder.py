@@ -273,9 +273,11 @@ class EncoderOutput:
     """Outputs of :class:`CTCEncoder` (shapes for input (B, T, input_dim))."""
 
     last_hidden_state: torch.Tensor
-    """(B, T, hidden_dim): final hidden states (what the reference returns; the projector's input)."""
+    """(B, T, hidden_dim): final hidden states (what the reference returns; the projector's input);
+    with ``config.cat_hidden_layers`` (granite_speech_plus) those layers' outputs concatenated
+    before them: (B, T, hidden_dim * (len(cat_hidden_layers) + 1))."""
     logits: torch.Tensor
-    """(B, T, output_dim): final CTC logits, ``out(last_hidden_state)``."""
+    """(B, T, output_dim): final CTC logits, ``out`` of the final hidden states."""
     mid_logits: torch.Tensor | None
     """(B, T, output_dim): self-conditioning logits after layer num_layers//2 (None if that is 0)."""
     lengths: torch.Tensor
@@ -375,13 +377,20 @@ class CTCEncoder(nn.Module):
         dists = attention_dists(self.config.context_size, self.config.max_pos_emb, input_features.device)
 
         hidden = self.input_linear(input_features)  # (B, T, 160) -> (B, T, D)
+        # granite_speech_plus: these layers' outputs (0 = the input projection) go to the projector
+        # too, concatenated before the last one (the CTC logits read the last one alone)
+        cat_layers = set(getattr(self.config, "cat_hidden_layers", None) or ())
+        exported = [hidden] if 0 in cat_layers else []
         mid_logits = None
         for idx, layer in enumerate(self.layers, start=1):
             hidden = self._layer(layer, hidden, dists, valid)
             if idx == self.num_layers // 2:
                 mid_logits = self.out(hidden)  # (B, T, V)
                 hidden = hidden + self.out_mid(mid_logits.softmax(dim=-1))
+            if idx in cat_layers:  # after the self-conditioning: transformers adds it in place
+                exported.append(hidden)
         logits = self.out(hidden)
+        projected = torch.cat([*exported, hidden], dim=-1) if exported else hidden
         return EncoderOutput(
-            last_hidden_state=hidden, logits=logits, mid_logits=mid_logits, lengths=out_lengths
+            last_hidden_state=projected, logits=logits, mid_logits=mid_logits, lengths=out_lengths
         )

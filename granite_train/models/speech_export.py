@@ -56,7 +56,12 @@ from granite_train.models.checkpoints import (
     load_checkpoint,
     prefixed_state,
 )
-from granite_train.models.speech_llm import SpeechLLM, load_tokenizer
+from granite_train.models.speech_llm import (
+    SpeechLLM,
+    load_tokenizer,
+    speech_config_from_dict,
+    speech_model_class,
+)
 
 log = logging.getLogger(__name__)
 
@@ -243,16 +248,15 @@ def _reference_model(
     export that needs our code to load fails here, before anything is written), builds the model
     without a random initialisation, and restores the non-persistent buffers (rotary frequencies).
     """
-    model, info = GraniteSpeechForConditionalGeneration.from_pretrained(
+    cls = speech_model_class(config)  # 4.0 / 3.3, or 4.1-plus
+    model, info = cls.from_pretrained(
         None, config=copy.deepcopy(config), state_dict=dict(state), dtype=dtype, output_loading_info=True
     )
     problems = {
         k: sorted(info.get(k) or ())[:3] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")
     }
     if any(problems.values()):
-        raise SpeechExportError(
-            f"weights do not match transformers' GraniteSpeechForConditionalGeneration: {problems}"
-        )
+        raise SpeechExportError(f"weights do not match transformers' {cls.__name__}: {problems}")
     model.name_or_path = ""  # not the string "None": PEFT would look that up on the hub
     return model.eval()
 
@@ -649,7 +653,7 @@ def speech_llm_from_checkpoint(checkpoint: str | Path, processor_dir: str | Path
     ckpt = read_speech_checkpoint(checkpoint)
     tokenizer = load_tokenizer(_processor_dir(checkpoint, processor_dir))
     try:
-        config = GraniteSpeechConfig.from_dict(ckpt.config)
+        config = speech_config_from_dict(ckpt.config)
     except Exception as err:
         raise SpeechExportError(
             f"{checkpoint}: ckpt['speech_llm']['config'] is not a GraniteSpeechConfig: {err}"

@@ -441,6 +441,27 @@ def assemble_speech_llm(
     return SpeechLLM(hf, tokenizer, attn_impl=attn_impl)
 
 
+def speech_model_class(config_or_type) -> type[GraniteSpeechForConditionalGeneration]:
+    """transformers' class for a ``granite_speech`` (4.0 / 3.3) or ``granite_speech_plus`` (4.1-plus)
+    config or model type: the family's entries behind one builder."""
+    from transformers import GraniteSpeechPlusForConditionalGeneration
+
+    model_type = getattr(config_or_type, "model_type", config_or_type)
+    classes = {
+        "granite_speech": GraniteSpeechForConditionalGeneration,
+        "granite_speech_plus": GraniteSpeechPlusForConditionalGeneration,
+    }
+    if model_type not in classes:
+        raise ValueError(f"model_type {model_type!r} is not a Granite Speech LLM; known: {sorted(classes)}")
+    return classes[model_type]
+
+
+def speech_config_from_dict(values: Mapping[str, Any]) -> GraniteSpeechConfig:
+    """The config class of ``values["model_type"]`` (default ``granite_speech``) built from ``values``."""
+    cls = speech_model_class(values.get("model_type", "granite_speech")).config_class
+    return cls.from_dict(dict(values))
+
+
 def load_speech_llm(
     path: str | Path,
     adapter: str | Path | None = None,
@@ -455,7 +476,12 @@ def load_speech_llm(
     a local folder wins over the adapter config's ``base_model_name_or_path``); it is loaded here when
     it did not. ``adapter`` names a separate adapter folder instead, for a folder without its own.
     """
-    hf = GraniteSpeechForConditionalGeneration.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    hf = speech_model_class(config).from_pretrained(
+        str(path), config=config, trust_remote_code=trust_remote_code
+    )
     loaded = bool(getattr(hf, "_hf_peft_config_loaded", False))
     if adapter is not None:
         if not (Path(adapter) / "adapter_config.json").exists():
