@@ -5,8 +5,8 @@
     GT_VENV=/opt/venv benchmarks/gpu_check.sh        # another virtual environment (default .venv)
     .venv/bin/python benchmarks/gpu_check.py --parts speculative --budget 200
 
-Three parts, each a subprocess under its own time cap (``--caps``), all within ``--budget``
-seconds (default 470: under 8 minutes on one H100 / H200 with the start-up). A part that fails or
+Four parts, each a subprocess under its own time cap (``--caps``), all within ``--budget``
+seconds (default 530: under 9 minutes on one H100 / H200 with the start-up). A part that fails or
 hangs is recorded with its error (``status``: ``ok`` / ``failed`` / ``timeout``) and the others
 still run. Nothing is downloaded: every model is built with random weights.
 
@@ -16,6 +16,9 @@ still run. Nothing is downloaded: every model is built with random weights.
    32 x 30 s in bf16 vs transformers' model (throughput, peak memory).
 3. ``speculative``: ``speculative_full_size.py --device cuda``: the cost of each
    speculative-decoding path vs autoregressive decoding, 32 x 10 s, 30 tokens (RTFx, peak memory).
+4. ``turboctc``: ``turboctc_step.py --device cuda --dtype bf16 --sizes full``: the training step of
+   the full-size granite-speech-5.0 TurboCTC (16 x 1024, 16,384 BPE outputs) against the 4.0
+   encoder of the same width and depth, 16 x 8 s.
 
 The JSON (written after every part, so a killed run keeps what finished) holds each part's
 figures (the benchmark's ``main`` return value), its command, wall time, status and log file
@@ -57,6 +60,24 @@ PARTS: dict[str, tuple[str, list[str], float]] = {
     ),
     "stage2": ("stage2_step.py", ["--device", "cuda", "--sizes", "full"], 200.0),
     "speculative": ("speculative_full_size.py", ["--device", "cuda"], 150.0),
+    "turboctc": (
+        "turboctc_step.py",
+        [
+            "--device",
+            "cuda",
+            "--dtype",
+            "bf16",
+            "--sizes",
+            "full",
+            "--bpe-vocab",
+            "16384",
+            "--batch",
+            "16",
+            "--seconds",
+            "8",
+        ],
+        60.0,
+    ),  # fmt: skip
 }
 KILL_GRACE_S = 10.0
 MIN_PART_S = 15.0  # a part is not started with less of the budget left
@@ -265,6 +286,12 @@ def summary_lines(report: dict) -> list[str]:
                 f"mixed batch {_num(mixed, '.0f')}; break-even fallback "
                 f"{_num(proj.get('break_even_fallback_share'), '.0f', 100)}%"
             )
+        elif name == "turboctc":
+            figures = (
+                f"5.0 {_num(r.get('step_s_5_0'), '.1f', 1e3)} ms/step vs 4.0 {_num(r.get('step_s_4_0'), '.1f', 1e3)}"
+                f" ms/step ({_num(r.get('time_ratio_5_0_over_4_0'), '.2f')}x), "
+                f"peak {_num(r.get('peak_memory_bytes'), '.1f', gib)} GiB"
+            )
         else:
             figures = ""
         if part.get("status") != "ok":
@@ -307,7 +334,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         + ", ".join(f"{k}={v:.0f}" for k, (_, _, v) in PARTS.items())
         + ")",
     )
-    parser.add_argument("--budget", type=float, default=470.0, help="seconds for all parts together")
+    parser.add_argument("--budget", type=float, default=530.0, help="seconds for all parts together")
     args = parser.parse_args(argv)
     args.parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     unknown = [p for p in args.parts if p not in PARTS]

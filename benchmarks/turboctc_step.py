@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/turboctc_step.py                      # CPU: tiny and medium sizes
     .venv/bin/python benchmarks/turboctc_step.py --sizes medium --batch 8 --seconds 8 --json out.json
+    .venv/bin/python benchmarks/turboctc_step.py --device cuda --dtype bf16 --sizes full --bpe-vocab 16384 --batch 16
 
 Both sides get the same clips' worth of input (``--batch`` x ``--seconds``) and one step is forward,
 CTC loss, backward:
@@ -74,7 +75,10 @@ def _params(module: torch.nn.Module) -> int:
 
 
 def run(size: str, args) -> dict:
+    device = torch.device(args.device)
+    dtype = {"fp32": None, "bf16": torch.bfloat16}[args.dtype]
     config40, ours40, config50, model50 = build(size, args.bpe_vocab)
+    ours40, model50 = ours40.to(device), model50.to(device)
     frames = int(args.seconds * 50)  # 50 Hz stacked frames: both models' input rate
     g = torch.Generator().manual_seed(0)
     feats40 = torch.randn(args.batch, frames, config40.input_dim, generator=g)
@@ -86,11 +90,28 @@ def run(size: str, args) -> dict:
     mask50 = torch.ones(args.batch, frames, dtype=torch.long)
     bpe = max(1, int(args.seconds * 3))  # ~3 BPE units a second
     labels50 = torch.randint(1, args.bpe_vocab, (args.batch, bpe), generator=g)
+    feats40, lengths, targets40, target_lengths40 = (
+        t.to(device) for t in (feats40, lengths, targets40, target_lengths40)
+    )
+    feats50, mask50, labels50 = feats50.to(device), mask50.to(device), labels50.to(device)
     loss40 = SelfConditionedCTCLoss()
+
+    def autocast():
+        return torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None)
+
+    def timed(step) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
 
     def step40():
         ours40.zero_grad(set_to_none=True)
-        out = ours40(feats40, lengths)
+        with autocast():
+            out = ours40(feats40, lengths)
         loss40(
             out.logits, out.lengths, targets40, target_lengths40, mid_logits=out.mid_logits
         ).loss.backward()
@@ -98,7 +119,8 @@ def run(size: str, args) -> dict:
 
     def step50():
         model50.zero_grad(set_to_none=True)
-        out = model50(input_features=feats50, attention_mask=mask50, labels=labels50)
+        with autocast():
+            out = model50(input_features=feats50, attention_mask=mask50, labels=labels50)
         out.loss.backward()
         return out.logits.shape[1]
 
@@ -110,12 +132,8 @@ def run(size: str, args) -> dict:
         step50()
     t40, t50 = [], []
     for _ in range(args.steps):
-        start = time.perf_counter()
-        step40()
-        t40.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        step50()
-        t50.append(time.perf_counter() - start)
+        t40.append(timed(step40))
+        t50.append(timed(step50))
     m40, m50 = statistics.median(t40), statistics.median(t50)
     result = {
         "size": size,
@@ -131,7 +149,11 @@ def run(size: str, args) -> dict:
         "step_s_5_0": m50,
         "time_ratio_5_0_over_4_0": m50 / m40,
         "steps": args.steps,
+        "device": str(device),
+        "dtype": args.dtype,
     }
+    if device.type == "cuda":
+        result.update(gpu=torch.cuda.get_device_name(), peak_memory_bytes=torch.cuda.max_memory_allocated())
     print(
         f"\n== {size}: {result['layers']} x {result['width']}, batch {args.batch} x {args.seconds:g} s, "
         f"{torch.get_num_threads()} threads =="
@@ -159,6 +181,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--steps", type=int, default=7)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="bf16: autocast")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args(argv)
     sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
