@@ -390,3 +390,55 @@ def test_cli_plan_splits_arguments_prints_and_writes_json(tmp_path, capsys, no_m
             ["plan", "recipe=ctc_granite_4_0_1b", "trainer.max_stepz=3", f"hydra.run.dir={tmp_path}/run"]
         )
     assert exc.value.code == 2 and "max_stepz" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------
+# granite-speech-5.0 TurboCTC: subsampling blocks change the frame rate inside the stack
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("top", [None, 2])
+def test_turboctc_matches_torch_forward_and_backward(top):
+    from transformers import GraniteSpeech5ForCTC
+
+    from granite_train.models.turboctc import tiny_turboctc_config
+    from granite_train.training.plan import TurboCTCShape
+
+    config = tiny_turboctc_config(vocab_size=50, num_hidden_layers=4, context_size=64)
+    config._attn_implementation = "eager"  # plain matmuls, which FlopCounterMode counts exactly
+    torch.manual_seed(0)
+    model = GraniteSpeech5ForCTC(config).train()
+    layers = config.encoder_config.num_hidden_layers if top is None else top
+    if top is not None:  # the top layers and the (tied) CTC head train
+        model.requires_grad_(False)
+        for layer in model.encoder.layers[-top:]:
+            layer.requires_grad_(True)
+        model.encoder.out.requires_grad_(True)
+    batch = MicroBatch(utterances=2, frames=301)  # odd, and not whole 64-frame blocks at any rate
+    x = torch.randn(batch.utterances, batch.frames, 4 * config.encoder_config.num_mel_bins)
+    mask = torch.ones(batch.utterances, batch.frames, dtype=torch.long)
+
+    def step():
+        return model(input_features=x, attention_mask=mask).logits.sum()
+
+    shape = ModelShape(TurboCTCShape.of(config), Trainable(layers))
+    analytic = count_flops(shape, batch)
+    forward, backward = torch_flops(step)
+    assert analytic.total_forward == pytest.approx(forward, rel=RTOL)
+    assert analytic.total_backward == pytest.approx(backward, rel=RTOL)
+
+
+def test_turboctc_recipe_plans_from_its_folder(tmp_path):
+    from granite_train.models.turboctc_new import new_turboctc_folder
+
+    init = new_turboctc_folder(["a b c d"] * 4, tmp_path / "init", vocab_size=12, hidden_size=32,
+                               intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                               num_key_value_heads=2, head_dim=16)  # fmt: skip
+    recipe = load_recipe("turboctc_tiny_en", [f"model.init={init}"])
+    plan = plan_recipe(recipe, PlanOptions(utterance_seconds=8.0))
+    assert plan.stage == "turboctc" and plan.flops.total > 0
+    assert "(a 5.0 TurboCTC model: turboctc)" in plan.format()
+    # the release's own shape when its hub id is not cached: transformers' defaults
+    released = load_recipe(
+        "turboctc_finetune", ["trainer=cpu", "data.train.sources=[{name: mine, path: /data/x}]"]
+    )
+    big = plan_recipe(released, PlanOptions(utterance_seconds=8.0))
+    assert big.flops.total > 1000 * plan.flops.total

@@ -174,6 +174,44 @@ class EncoderShape:
 
 
 @dataclass(frozen=True)
+class TurboCTCShape:
+    """A granite-speech-5.0 TurboCTC encoder (``GraniteSpeech5EncoderConfig``): conformer blocks at
+    50 Hz in, each of ``subsample_layers`` halving the frame rate (its strided convolution and a
+    pooled residual), a BPE CTC head of ``vocab_size`` (the model's ``ctc_head``, tied to ``out``)."""
+
+    input_dim: int
+    num_layers: int
+    hidden_size: int
+    intermediate_size: int
+    num_heads: int
+    head_dim: int
+    vocab_size: int
+    context_size: int
+    conv_kernel_size: int
+    conv_expansion_factor: int
+    subsample_layers: tuple[int, ...]
+
+    @classmethod
+    def of(cls, config: Any) -> TurboCTCShape:
+        """From a ``GraniteSpeech5CTCConfig`` (or its ``encoder_config``)."""
+        enc = getattr(config, "encoder_config", config)
+        heads = int(enc.num_attention_heads)
+        return cls(
+            input_dim=4 * int(enc.num_mel_bins),  # log-mel + deltas, pairs of frames stacked
+            num_layers=int(enc.num_hidden_layers),
+            hidden_size=int(enc.hidden_size),
+            intermediate_size=int(enc.intermediate_size),
+            num_heads=heads,
+            head_dim=int(getattr(enc, "head_dim", None) or enc.hidden_size // heads),
+            vocab_size=int(enc.vocab_size),
+            context_size=int(enc.context_size),
+            conv_kernel_size=int(enc.conv_kernel_size),
+            conv_expansion_factor=int(enc.conv_expansion_factor),
+            subsample_layers=tuple(int(i) for i in enc.subsample_layers),
+        )
+
+
+@dataclass(frozen=True)
 class ProjectorShape:
     """The windowed Q-Former (``Blip2QFormerConfig`` + window / downsample) and its output width."""
 
@@ -256,7 +294,7 @@ class ModelShape:
     fp16 (twice the multiply-adds of the fp32 einsum, :func:`granite_train.models.encoder.shaw_bias`).
     """
 
-    encoder: EncoderShape
+    encoder: EncoderShape | TurboCTCShape
     trainable: Trainable
     projector: ProjectorShape | None = None
     llm: LLMShape | None = None
@@ -363,6 +401,66 @@ def encoder_matmuls(
     return out
 
 
+def turboctc_matmuls(shape: TurboCTCShape, batch: MicroBatch, trainable: Trainable) -> list[Matmul]:
+    """The 5.0 TurboCTC products for ``batch`` (transformers' ``GraniteSpeech5ForCTC``).
+
+    A subsampling block runs its first feed-forward, attention and the convolution's first
+    pointwise layer at its input rate; the strided depthwise convolution, the second pointwise
+    layer and the second feed-forward at half of it. Attention pads to whole ``context_size``
+    blocks for q / k / v (the output projection runs on the real frames). Self-conditioning after
+    layer ``num_layers // 2`` as in 4.0; the CTC head runs at the final 12.5 Hz.
+    """
+    part, s = "encoder", shape
+    frames = batch.frames
+    first_trained = s.num_layers - trainable.encoder_layers
+    whole = trainable.encoder_layers >= s.num_layers
+    head = trainable.encoder_layers > 0
+    inner, expand, ctx, dh = (
+        s.num_heads * s.head_dim,
+        s.hidden_size * s.conv_expansion_factor,
+        s.context_size,
+        s.head_dim,
+    )
+    out = [_linear(part, "input_linear", batch.utterances * frames, s.input_dim, s.hidden_size, False, whole)]
+    act = whole
+    for idx in range(s.num_layers):
+        t = idx >= first_trained
+        a = act or t
+        name, rows = f"layers.{idx}", batch.utterances * frames
+        half = idx in s.subsample_layers
+        rows_out = batch.utterances * (frames // 2 if half else frames)
+        blocks = batch.utterances * math.ceil(frames / ctx)
+        padded, heads = blocks * ctx, blocks * s.num_heads
+        out += [
+            _linear(part, f"{name}.ff1.linear1", rows, s.hidden_size, s.intermediate_size, a, t),
+            _linear(part, f"{name}.ff1.linear2", rows, s.intermediate_size, s.hidden_size, a, t),
+            *(_linear(part, f"{name}.attn.{p}", padded, s.hidden_size, inner, a, t) for p in ("q", "k", "v")),
+            _product(part, f"{name}.attn.shaw_bias", heads, ctx, dh, ctx, a, t),
+            _product(part, f"{name}.attn.scores", heads, ctx, dh, ctx, a, a),
+            _product(part, f"{name}.attn.context", heads, ctx, ctx, dh, a, a),
+            _linear(part, f"{name}.attn.o_proj", rows, inner, s.hidden_size, a, t),
+            _linear(part, f"{name}.conv.pointwise_lin1", rows, s.hidden_size, 2 * expand, a, t),
+            Matmul(
+                part, f"{name}.conv.depthwise", 2.0 * rows_out * expand * s.conv_kernel_size, int(a) + int(t)
+            ),
+            _linear(part, f"{name}.conv.pointwise_lin2", rows_out, expand, s.hidden_size, a, t),
+            _linear(part, f"{name}.ff2.linear1", rows_out, s.hidden_size, s.intermediate_size, a, t),
+            _linear(part, f"{name}.ff2.linear2", rows_out, s.intermediate_size, s.hidden_size, a, t),
+        ]
+        act = a
+        frames = frames // 2 if half else frames
+        if idx + 1 == s.num_layers // 2:
+            mid = act or head
+            rows = batch.utterances * frames
+            out += [
+                _linear(part, "out (mid)", rows, s.hidden_size, s.vocab_size, act, head),
+                _linear(part, "out_mid", rows, s.vocab_size, s.hidden_size, mid, whole),
+            ]
+            act = mid
+    out.append(_linear(part, "ctc_head", batch.utterances * frames, s.hidden_size, s.vocab_size, act, head))
+    return out
+
+
 def projector_matmuls(shape: ProjectorShape, batch: MicroBatch, trainable: Trainable) -> list[Matmul]:
     """The windowed Q-Former (transformers' ``GraniteSpeechEncoderProjector``) and its output linear.
 
@@ -462,6 +560,8 @@ def llm_matmuls(shape: LLMShape, seq_len: int, batch: MicroBatch, trainable: Tra
 
 def step_matmuls(shape: ModelShape, batch: MicroBatch) -> list[Matmul]:
     """Every product of one training micro-batch of ``shape`` (forward and what backward needs)."""
+    if isinstance(shape.encoder, TurboCTCShape):
+        return turboctc_matmuls(shape.encoder, batch, shape.trainable)
     out = encoder_matmuls(shape.encoder, batch, shape.trainable, shape.half_precision)
     if shape.projector is not None:
         out += projector_matmuls(shape.projector, batch, shape.trainable)
@@ -617,6 +717,24 @@ def _projector_shape(projector: Mapping[str, Any], encoder, llm, window: int, do
     )
 
 
+def _turboctc_config(init: str, notes: list[str]):
+    """A 5.0 TurboCTC config: ``init``'s ``config.json`` when it is a local folder; the release's
+    (transformers' class defaults, which are its values) for its hub id when not cached here."""
+    from transformers import GraniteSpeech5CTCConfig
+
+    from granite_train.models.turboctc import RELEASED_CHECKPOINT
+
+    if Path(init).is_dir():
+        return GraniteSpeech5CTCConfig.from_pretrained(init)
+    try:
+        return GraniteSpeech5CTCConfig.from_pretrained(init, local_files_only=True)
+    except OSError:
+        if init != RELEASED_CHECKPOINT:
+            raise ValueError(f"plan: model.init {init!r} is not a local folder nor cached") from None
+    notes.append(f"{init} not cached: transformers' GraniteSpeech5CTCConfig defaults (the released values)")
+    return GraniteSpeech5CTCConfig()
+
+
 def _speech_llm_shape(cfg: RecipeConfig, stage1: Stage1Lookup | None, notes: list[str]):
     """(encoder config, projector shape, LLM shape, LoRA (rank, targets)) of a stage-2 model config."""
     model = cfg.model
@@ -664,6 +782,11 @@ def model_shape(cfg: RecipeConfig, stage1: Stage1Lookup | None = None, notes: li
     if cfg.stage == "ctc":
         encoder = EncoderShape.of(_stage1_config(cfg.model))
         return ModelShape(encoder, Trainable(encoder_layers=encoder.num_layers), half_precision=half)
+    if cfg.stage == "turboctc":
+        shape = TurboCTCShape.of(_turboctc_config(cfg.model.init, notes))
+        top = cfg.model.train_top_layers
+        layers = shape.num_layers if top is None else int(top)
+        return ModelShape(shape, Trainable(encoder_layers=layers), half_precision=half)
     encoder_cfg, projector, llm, (rank, targets) = _speech_llm_shape(cfg, stage1, notes)
     encoder = EncoderShape.of(encoder_cfg)
     train = cfg.model.train
@@ -687,7 +810,7 @@ def micro_batch(cfg: RecipeConfig, options: PlanOptions) -> MicroBatch:
     utterances = max(1, budget // frames)
     if cfg.data.train.get("max_batch_size"):
         utterances = min(utterances, int(cfg.data.train["max_batch_size"]))
-    if cfg.stage == "ctc":
+    if cfg.stage in ("ctc", "turboctc"):
         return MicroBatch(utterances, frames)
     transcript = math.ceil(options.target_tokens_per_second * options.utterance_seconds)
     targets = min(transcript, int(cfg.prompts.max_target_tokens)) + 1  # + EOS, labelled too
@@ -943,7 +1066,7 @@ class Plan:
         scale, unit = (1e12, "TFLOP") if self.flops.total >= 1e12 else (1e9, "GFLOP")
         num = lambda x: f"{x / scale:,.2f}"  # noqa: E731
         lines = [
-            f"plan: {self.recipe} (stage {1 if self.stage == 'ctc' else 2}: {self.stage})",
+            f"plan: {self.recipe} ({ {'ctc': 'stage 1', 'speech_llm': 'stage 2'}.get(self.stage, 'a 5.0 TurboCTC model') }: {self.stage})",
             "",
             f"  optimizer steps       {self.steps:,} (trainer.max_steps)",
             f"  devices               {self.num_gpus} ({self.num_gpus_from})",
@@ -1086,6 +1209,7 @@ __all__ = [
     "ProjectorShape",
     "Published",
     "Trainable",
+    "TurboCTCShape",
     "count_flops",
     "encoder_matmuls",
     "llm_matmuls",
@@ -1096,5 +1220,6 @@ __all__ = [
     "projector_matmuls",
     "sequence_length",
     "step_matmuls",
+    "turboctc_matmuls",
     "write_plan",
 ]
