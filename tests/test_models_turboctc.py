@@ -344,3 +344,38 @@ def test_tiny_model_trains_on_synthetic_speech(tokenizer, extractor, utterances)
     frames = [turboctc_frames(len(u)) for u in utterances]
     ours = greedy_ctc_decode(logits, frames, tokenizer)
     assert ours == tokenizer.batch_decode(generated, skip_special_tokens=True)
+
+
+def test_vocabulary_grows_for_a_new_script_and_old_outputs_stay(tokenizer, extractor, tmp_path):
+    from granite_train.models.turboctc_vocab import extend_turboctc_folder
+
+    model = _tiny_model(len(tokenizer), seed=5).eval()
+    _randomize_bn(model)
+    folder = save_turboctc(model, tokenizer, tmp_path / "en")
+    greek = list("καλημέρ")
+    out = extend_turboctc_folder(folder, greek, tmp_path / "en_el", init="similar")
+    grown = load_turboctc(out)
+    tok = grown.processor.tokenizer
+    old = len(tokenizer)
+    assert len(tok) == old + len(greek) and grown.model.config.vocab_size == old + len(greek)
+    assert [tok.convert_tokens_to_ids(c) for c in greek] == list(range(old, old + len(greek)))
+    for text in TEXTS:  # old texts: the same ids
+        assert turboctc_targets(tok, text) == turboctc_targets(tokenizer, text)
+    ids = turboctc_targets(tok, "καλη μέρα")
+    assert tok.decode(ids, skip_special_tokens=True, group_tokens=False) == "καλη μέρα"
+    # the old outputs: log-probabilities over the old ids and the argmax path unchanged
+    inputs = extractor([_noise(16000, 1), _noise(12000, 2)], sampling_rate=SR, return_tensors="pt")
+    with torch.no_grad():
+        before = model(**inputs).logits.log_softmax(-1)
+        after = grown.model(**inputs).logits
+    assert after.shape[-1] == old + len(greek)
+    torch.testing.assert_close(after.log_softmax(-1)[..., :old], before, atol=1e-5, rtol=0)
+    assert torch.equal(after.argmax(-1), before.argmax(-1))
+    # "similar": a Greek letter's row copies the Latin one its name starts with, 25 below it
+    alpha, a = tok.convert_tokens_to_ids("α"), tok.convert_tokens_to_ids("a")
+    if a != tok.unk_token_id:
+        head = grown.model.encoder.out
+        assert torch.equal(head.weight[alpha], model.encoder.out.weight[a])
+        assert head.bias[alpha].item() == pytest.approx(model.encoder.out.bias[a].item() - 25.0)
+    with pytest.raises(ValueError, match="already in the BPE vocabulary"):
+        extend_turboctc_folder(out, ["κ"], tmp_path / "again")
