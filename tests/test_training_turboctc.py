@@ -128,23 +128,6 @@ def test_new_folder_from_a_corpus(corpus, tmp_path, capsys):
     assert main(["--texts-from", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")]) == 2
 
 
-def _digits_audio(root: Path) -> Path:
-    import numpy as np
-    import soundfile as sf
-
-    folder = root / "audio"
-    (folder / "clips").mkdir(parents=True)
-    rows = ["file_name,text,speaker"]
-    g = np.random.default_rng(0)
-    for speaker in ("alice", "bob", "carol"):
-        for i in range(6):
-            name = f"clips/{speaker}_{i}.wav"
-            sf.write(folder / name, 0.1 * g.standard_normal(12000 + 800 * i).astype(np.float32), 16000)
-            rows.append(f"{name},number {i},{speaker}")
-    (folder / "metadata.csv").write_text("\n".join(rows) + "\n")
-    return folder
-
-
 def test_finetune_a_turboctc_folder_before_and_after(tmp_path):
     """`granite-train finetune model=<5.0 folder>`: the held-out speaker scored by greedy CTC before
     and after, the data path and split as for 4.0, the export in the released layout."""
@@ -157,7 +140,9 @@ def test_finetune_a_turboctc_folder_before_and_after(tmp_path):
     init = new_turboctc_folder(words * 3, tmp_path / "init", vocab_size=30, hidden_size=32,
                                intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                                num_key_value_heads=2, head_dim=16)  # fmt: skip
-    audio, out = _digits_audio(tmp_path), tmp_path / "ft"
+    from tests.test_finetune import _audio  # noise clips labelled "number k", three speakers
+
+    audio, out = _audio(tmp_path), tmp_path / "ft"
     config = {
         "model_path": str(init), "data_path": str(audio), "output_dir": str(out),
         "holdout_speakers": ["carol"], "steps": 40, "lr": 1e-2, "trains": "all",

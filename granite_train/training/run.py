@@ -326,29 +326,22 @@ def train(
 
 def _build_stage(cfg: RecipeConfig, max_steps: int):
     """The stage's LightningModule and its collator wrapper (stage 2 adds prompts and targets)."""
+    common = dict(
+        model=cfg.model,
+        optim=cfg.optim,
+        total_steps=max_steps,
+        seed=cfg.seed,
+        val_normalizer=cfg.val_normalizer,
+        fault_injection=cfg.debug.fault_injection,
+    )
     if cfg.stage == "ctc":
         from granite_train.training.ctc_module import CTCPretrainModule
 
-        module = CTCPretrainModule(
-            model=cfg.model,
-            optim=cfg.optim,
-            total_steps=max_steps,
-            seed=cfg.seed,
-            val_normalizer=cfg.val_normalizer,
-            fault_injection=cfg.debug.fault_injection,
-        )
-        return module, None
-    if cfg.stage == "turboctc":
+        return CTCPretrainModule(**common), None
+    if cfg.stage == "turboctc":  # its own features and BPE targets from the waveforms and texts
         from granite_train.training.turboctc_module import TurboCTCModule
 
-        module = TurboCTCModule(
-            model=cfg.model,
-            optim=cfg.optim,
-            total_steps=max_steps,
-            seed=cfg.seed,
-            val_normalizer=cfg.val_normalizer,
-            fault_injection=cfg.debug.fault_injection,
-        )
+        module = TurboCTCModule(**common)
         return module, lambda collator, train: module.collator(collator)
     from granite_train.data.prompts import PromptBuilder, SpeechLLMCollator
     from granite_train.models.encoder_cache import check_encoder_cache_allowed
@@ -356,14 +349,9 @@ def _build_stage(cfg: RecipeConfig, max_steps: int):
 
     check_encoder_cache_allowed(to_plain(cfg.model), to_plain(cfg.data))
     module = SpeechLLMModule(
-        model=cfg.model,
-        optim=cfg.optim,
-        total_steps=max_steps,
-        seed=cfg.seed,
-        val_normalizer=cfg.val_normalizer,
+        **common,
         val_generate_batches=cfg.validation.generate_batches,
         max_new_tokens=cfg.validation.max_new_tokens,
-        fault_injection=cfg.debug.fault_injection,
         normalized_translations=cfg.prompts.normalize_translations,
     )
     speech = module.model
