@@ -75,7 +75,11 @@ def test_cli_data_report_on_real_speech(fsdd_dir, tmp_path):
 
 
 # what a recipe asks the user for: the fine-tuning recipe has no default data (the user's audio)
-USER_INPUT = {"speech_llm_finetune": ["data.train.sources=[{name: mine, path: my_audio, kind: audiofolder}]"]}
+USER_INPUT = {
+    "speech_llm_finetune": ["data.train.sources=[{name: mine, path: my_audio, kind: audiofolder}]"],
+    "turboctc_finetune": ["data.train.sources=[{name: mine, path: my_audio, kind: audiofolder}]"],
+    "turboctc_tiny_en": ["model.init=work/turboctc/init_4x128"],
+}
 
 
 def test_the_finetuning_recipe_asks_for_your_data():
@@ -88,13 +92,16 @@ def test_the_finetuning_recipe_asks_for_your_data():
 @pytest.mark.parametrize("recipe", available_recipes())
 def test_every_recipe_composes_with_a_known_stage(recipe):
     cfg = load_recipe(recipe, USER_INPUT.get(recipe, []))
-    assert cfg["stage"] in ("ctc", "speech_llm")
+    assert cfg["stage"] in ("ctc", "speech_llm", "turboctc")
     assert cfg["name"] == recipe
     for group in ("model", "data", "optim", "trainer"):
         assert cfg[group], f"{recipe}: empty {group}"
-    if cfg["stage"] == "speech_llm":  # stage 2 trains on text: no CTC targets or CTC length filter
+    if cfg["stage"] in ("speech_llm", "turboctc"):  # trained on the text: no character CTC targets
         assert cfg["data"]["train"]["prepare"]["ctc_targets"] is False
+    if cfg["stage"] == "speech_llm":
         assert cfg["model"].get("init") or (cfg["model"]["encoder"] and cfg["model"]["llm"])
+    if cfg["stage"] == "turboctc":  # a 5.0 folder to start from, named by the user or the release
+        assert cfg["model"]["init"]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 import yaml
 
-from granite_train.models.config import CTCModelConfig, SpeechLLMModelConfig
+from granite_train.models.config import CTCModelConfig, SpeechLLMModelConfig, TurboCTCModelConfig
 from granite_train.recipes import CONFIG_DIR, available_recipes, load_recipe
 from granite_train.training.config import OptimConfig, RecipeConfig, TrainerConfig, load_recipe_config
 from granite_train.training.precision import cpu_has_native_bf16, resolve_precision
@@ -103,8 +103,12 @@ def test_every_recipe_builds_its_typed_config():
 
     for name in available_recipes():
         cfg = load_recipe_config(load_recipe(name, USER_INPUT.get(name, [])))
-        expected = CTCModelConfig if cfg.stage == "ctc" else SpeechLLMModelConfig
-        assert isinstance(cfg.model, expected), name
+        expected = {
+            "ctc": CTCModelConfig,
+            "speech_llm": SpeechLLMModelConfig,
+            "turboctc": TurboCTCModelConfig,
+        }
+        assert isinstance(cfg.model, expected[cfg.stage]), name
 
 
 def _dataclass_defaults(cls) -> dict:
