@@ -62,6 +62,7 @@ __all__ = [
     "greedy_ctc_decode",
     "load_turboctc",
     "make_turboctc_batch",
+    "pad_labels",
     "save_turboctc",
     "tiny_turboctc_config",
     "too_many_targets",
@@ -235,16 +236,21 @@ def make_turboctc_batch(
         raise ValueError(f"all {dropped} utterances have more targets than output frames")
     clips = [np.asarray(audio, dtype=np.float32) for audio in (audios[i] for i in kept)]
     features = feature_extractor(clips, sampling_rate=SAMPLE_RATE, return_tensors="pt")
-    labels = torch.full((len(targets), max(map(len, targets))), _blank_id(tokenizer), dtype=torch.long)
-    for row, ids in enumerate(targets):
-        labels[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
     return TurboCTCBatch(
         input_features=features["input_features"],
         attention_mask=features["attention_mask"],
-        labels=labels,
+        labels=pad_labels(targets, _blank_id(tokenizer)),
         kept=kept,
         dropped=dropped,
     )
+
+
+def pad_labels(targets: Sequence[Sequence[int]], blank: int = BLANK_ID) -> torch.Tensor:
+    """(B, U) label rows right-padded with the blank (``ForCTCLoss`` drops it), at least one column."""
+    labels = torch.full((len(targets), max([1, *map(len, targets)])), blank, dtype=torch.long)
+    for row, ids in enumerate(targets):
+        labels[row, : len(ids)] = torch.tensor(list(ids), dtype=torch.long)
+    return labels
 
 
 def ctc_loss_turbo(

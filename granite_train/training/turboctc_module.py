@@ -31,6 +31,7 @@ from granite_train.models.turboctc import (
     SAMPLE_RATE,
     greedy_ctc_decode,
     load_turboctc,
+    pad_labels,
     too_many_targets,
     turboctc_targets,
 )
@@ -94,14 +95,11 @@ class TurboCTCCollator:
             if why is not None:
                 skipped[why] = skipped.get(why, 0) + 1
             targets.append(ids or [])
-        labels = torch.full((len(targets), max(1, max(map(len, targets)))), self.blank, dtype=torch.long)
-        for row, ids in enumerate(targets):
-            labels[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
         return TurboCTCTrainBatch(
             **{**base.__dict__, "skipped": skipped},
             input_features=features["input_features"],
             attention_mask=features["attention_mask"],
-            labels=labels,
+            labels=pad_labels(targets, self.blank),
             usable=torch.tensor([bool(t) for t in targets]),
         )
 
