@@ -4,15 +4,20 @@ The steps (``configs/add_language.yaml``), each in its own folder under ``output
 
 1. ``report``  -- how the language's text fits the CTC vocabulary (and the LLM tokenizer, when a
    speech LLM is given): :func:`granite_train.text.coverage.coverage_report`; its recommended
-   characters are the symbols to add.
+   characters are the symbols to add. For a granite-speech-5.0 TurboCTC folder: the characters its
+   BPE tokenizer cannot write (:func:`granite_train.text.bpe_coverage.bpe_coverage`).
 2. ``extend``  -- the encoder with those symbols appended to its CTC head, old outputs unchanged
-   (:func:`granite_train.models.vocab_surgery.extend_encoder_folder`).
+   (:func:`granite_train.models.vocab_surgery.extend_encoder_folder`). For 5.0, new BPE tokens:
+   the letters and ``new_pieces`` multi-letter pieces of the language
+   (:mod:`granite_train.models.turboctc_vocab`, which says why); this step runs after ``data``, whose
+   training split the pieces are learnt from.
 3. ``data``    -- speech for the language from its sentences (``granite-tts``'s generator; the
    bundled ``data_prep/texts/<language>.txt`` by default), train/test disjoint by sentence.
 4. ``stage1``  -- the stage-1 recipe continued from the extended encoder on the new language plus a
-   ``replay_share`` of the old language (0: none), optionally with a lower LR on the old layers.
+   ``replay_share`` of the old language (0: none), optionally with a lower LR on the old layers
+   (for 5.0: ``recipes/turboctc_finetune.yaml``, the whole model).
 5. ``stage2``  -- (when ``stage2.speech_llm`` is set) that speech LLM continued on the new encoder:
-   projector + LoRA on the new language's ASR, with the same replay.
+   projector + LoRA on the new language's ASR, with the same replay (none for 5.0: CTC only).
 6. ``eval``    -- the old and the new language's test sets, before (the given models) and after;
    ``results.md`` / ``results.json``.
 
@@ -40,6 +45,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STEPS = ("report", "extend", "data", "stage1", "stage2", "eval")
+STAGE1_RECIPES = {"ctc": "ctc_tiny_en", "turboctc": "turboctc_finetune"}
+"""``stage1.recipe`` when it is not set: by the family of the starting ``encoder``."""
 OLD_LAYER_PARAMETERS = ("encoder.input_linear", "encoder.layers")
 """Parameter-name prefixes of the encoder below its CTC head (``optim.lr_scale`` keys)."""
 
@@ -130,7 +137,6 @@ def stage1_overrides(
 ) -> list[str]:
     """Overrides of the stage-1 recipe: init, data, steps, LR (and the old layers' LR factor)."""
     from granite_train.models.export import read_hf_folder
-    from granite_train.recipes import override_value
     from granite_train.workflows.recipe_overrides import sources_override
 
     stage = config.stage1
@@ -152,6 +158,15 @@ def stage1_overrides(
     if Path(init).is_dir():  # the recipe's model group names an architecture: the init's instead
         encoder = read_hf_folder(init)[0]
         overrides += [f"model.encoder.{k}={getattr(encoder, k)}" for k in ENCODER_ARCHITECTURE]
+    return overrides + _stage1_optim_overrides(config)
+
+
+def _stage1_optim_overrides(config: AddLanguageConfig) -> list[str]:
+    """LR, the old layers' start step and LR factor, then the user's overrides. The parameter-name
+    substrings match the 4.0 encoder and the 5.0 TurboCTC model alike (``encoder.layers.*``)."""
+    from granite_train.recipes import override_value
+
+    stage, overrides = config.stage1, []
     if stage.lr is not None:
         overrides.append(f"optim.lr={float(stage.lr)}")
     if stage.head_only_steps:  # the grown head first learns the new letters from the old features
@@ -161,6 +176,39 @@ def stage1_overrides(
         scales = {k: float(stage.old_layers_lr_scale) for k in OLD_LAYER_PARAMETERS}
         overrides.append("optim.lr_scale=" + override_value(scales))
     return overrides + list(stage.overrides)
+
+
+def turboctc_normalize(config: AddLanguageConfig) -> bool:
+    """A TurboCTC model normalises its targets all or nothing (``model.normalize_targets``:
+    lowercase and no punctuation); ``lowercase`` and ``strip_punctuation`` must agree."""
+    if config.lowercase != config.strip_punctuation:
+        raise ValueError(
+            f"lowercase={config.lowercase} but strip_punctuation={config.strip_punctuation}: a granite-speech-5.0 "
+            "TurboCTC model normalises its targets all or nothing (model.normalize_targets); set both alike"
+        )
+    return config.lowercase
+
+
+def turboctc_stage1_overrides(
+    config: AddLanguageConfig, init: Path, sources: list[SourceSpec], out: Path
+) -> list[str]:
+    """Overrides of ``turboctc_finetune`` continuing a 5.0 TurboCTC model with grown BPE tokens
+    (the whole model trains; the eval step scores before and after)."""
+    from granite_train.workflows.recipe_overrides import device_trainer_overrides, sources_override
+
+    steps = config.stage1.steps
+    overrides = [
+        *device_trainer_overrides(),
+        f"output_dir={out}",
+        f"model.init={init}",
+        f"model.normalize_targets={str(turboctc_normalize(config)).lower()}",
+        sources_override("data.train.sources", sources),
+        "data.train.alpha=1.0",
+        f"trainer.max_steps={steps}",
+        f"trainer.checkpoint_every_n_steps={max(1, steps // 4)}",
+        f"optim.schedule.warmup_steps={max(1, steps // 10)}",
+    ]
+    return overrides + _stage1_optim_overrides(config)
 
 
 def stage2_overrides(
@@ -219,12 +267,44 @@ def run_add_language(config: AddLanguageConfig | Mapping[str, Any]) -> str:
         write_results,
     )
 
+    from granite_train.eval.turboctc import is_turboctc_folder
+
     config = from_mapping(AddLanguageConfig, config)
-    out = Path(config.output_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
     language = config.language
     sentences = texts_path(language, config.texts)
     speech_llm = config.stage2.speech_llm
+    turbo = is_turboctc_folder(config.encoder)
+    if turbo:
+        if speech_llm:
+            raise ValueError(
+                f"{config.encoder} is a granite-speech-5.0 TurboCTC model (CTC only: no LLM); "
+                "leave stage2.speech_llm unset"
+            )
+        turboctc_normalize(config)  # refused before anything runs
+    stage1_recipe = config.stage1.recipe or STAGE1_RECIPES["turboctc" if turbo else "ctc"]
+    out = Path(config.output_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+
+    def turboctc_tokenizer():
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(config.encoder)
+
+    def turboctc_report(folder: Path) -> dict[str, Any]:
+        from granite_train.data.prompts import normalize_target
+        from granite_train.text.bpe_coverage import bpe_coverage
+        from granite_train.text.coverage import read_lines
+
+        rep = bpe_coverage(
+            read_lines(sentences),
+            turboctc_tokenizer(),
+            normalize=normalize_target if config.lowercase else None,
+            coverage=config.coverage,
+            sample_name=str(sentences),
+        )
+        (folder / "coverage.md").write_text(rep.to_markdown(), encoding="utf-8")
+        print(rep.to_markdown(), flush=True)
+        return {"symbols": list(rep.recommended), "oov_share": rep.oov_share}
 
     def report(folder: Path) -> dict[str, Any]:
         from granite_train.models.export import read_ctc_vocab
@@ -246,7 +326,32 @@ def run_add_language(config: AddLanguageConfig | Mapping[str, Any]) -> str:
         print(rep.to_markdown(), flush=True)
         return {"symbols": list(rep.recommended), "oov_share": rep.oov_share}
 
-    symbols = run_step(out, "report", report)["symbols"]
+    symbols = run_step(out, "report", turboctc_report if turbo else report)["symbols"]
+
+    def turboctc_extend(folder: Path) -> dict[str, Any]:
+        from granite_train.data.prompts import normalize_target
+        from granite_train.models.turboctc_new import corpus_texts
+        from granite_train.models.turboctc_vocab import extend_turboctc_folder, new_language_pieces
+        from granite_train.text.bpe_coverage import writable
+
+        tokenizer = turboctc_tokenizer()
+        letters = [c for c in symbols if not writable(tokenizer, c)]
+        if not letters:
+            print(f"[add-language] extend: the BPE vocabulary already writes {language}; nothing added")
+            return {"encoder": str(Path(config.encoder).resolve()), "added": []}
+        texts = corpus_texts(corpus, "train")  # the training split only: no test sentence shapes the tokens
+        texts = [normalize_target(t) for t in texts] if config.lowercase else texts
+        pieces = new_language_pieces(texts, letters, config.new_pieces)
+        new = letters + pieces
+        target = extend_turboctc_folder(
+            config.encoder,
+            new,
+            folder / "turboctc_hf",
+            new_logit_bias=float(config.new_symbol_bias),
+            init=config.new_symbol_init,
+            margin=float(config.new_symbol_margin),
+        )
+        return {"encoder": str(target), "added": letters, "pieces": pieces}
 
     def extend(folder: Path) -> dict[str, Any]:
         from granite_train.models.export import load_encoder
@@ -267,8 +372,6 @@ def run_add_language(config: AddLanguageConfig | Mapping[str, Any]) -> str:
         )
         return {"encoder": str(target), "added": new}
 
-    extended = Path(run_step(out, "extend", extend)["encoder"])
-
     def data(folder: Path) -> dict[str, Any]:
         from data_prep.tts.backends import get_backend, get_engines
         from data_prep.tts.generate import generate_corpus
@@ -287,7 +390,12 @@ def run_add_language(config: AddLanguageConfig | Mapping[str, Any]) -> str:
         )
         return {"corpus": str(folder / "corpus"), "examples": summary.num_examples}
 
+    if not turbo:
+        extended = Path(run_step(out, "extend", extend)["encoder"])
     corpus = Path(run_step(out, "data", data)["corpus"])
+    if turbo:  # its new pieces are learnt from the training split, which the data step makes
+        pieces = run_step(out, "extend", turboctc_extend).get("pieces", [])
+        extended = Path(_done(out / "extend")["encoder"])
     sources = training_sources(config, corpus)
     tests = test_sets(config, corpus)
 
@@ -295,18 +403,29 @@ def run_add_language(config: AddLanguageConfig | Mapping[str, Any]) -> str:
         from granite_train.recipes import load_recipe
         from granite_train.training.run import skipped_summary, train
 
-        recipe = load_recipe(config.stage1.recipe, stage1_overrides(config, extended, sources, tests, folder))
+        if turbo:
+            recipe = load_recipe(stage1_recipe, turboctc_stage1_overrides(config, extended, sources, folder))
+        else:
+            recipe = load_recipe(stage1_recipe, stage1_overrides(config, extended, sources, tests, folder))
+        stage = recipe.get("stage")
+        if (stage == "turboctc") != turbo:
+            raise ValueError(
+                f"stage1.recipe={stage1_recipe} trains stage {stage!r}, but {config.encoder} is "
+                f"{'a 5.0 TurboCTC model' if turbo else 'a 4.0 CTC encoder'}: use a recipe of stage "
+                f"{'turboctc' if turbo else 'ctc'} (e.g. {STAGE1_RECIPES['turboctc' if turbo else 'ctc']})"
+            )
         checked = check_training_sources(sources, recipe)
         result = train(recipe)
-        return {"encoder": str(result.output_dir / "encoder_hf"), "steps": result.global_step,
+        export = result.output_dir / ("turboctc_hf" if turbo else "encoder_hf")
+        return {"encoder": str(export), "steps": result.global_step,
                 "data_check": checked, "skipped": skipped_summary(result.counters)}  # fmt: skip
 
     stage1_record = run_step(out, "stage1", stage1)
     encoder_after = Path(stage1_record["encoder"])
     data_report = [stage1_record.get("data_check", ""), "Stage 1 skipped or repaired: "]
     data_report += stage1_record.get("skipped", [])[1:] or ["nothing."]
-    pairs = [(Scoring("encoder (greedy CTC)", "encoder", "ctc", EvalSettings(normalizer="basic")),
-              config.encoder, encoder_after)]  # fmt: skip
+    label = "TurboCTC (greedy CTC)" if turbo else "encoder (greedy CTC)"
+    pairs = [(Scoring(label, "encoder", "ctc", EvalSettings(normalizer="basic")), config.encoder, encoder_after)]
 
     speech_after: Path | None = None
     if speech_llm:
@@ -363,7 +482,9 @@ def run_add_language(config: AddLanguageConfig | Mapping[str, Any]) -> str:
     write_results(
         out,
         title=f"Adding {language} to `{config.encoder}`",
-        intro=f"new CTC symbols: {''.join(symbols) or '(none)'}; replay share of {config.old_language}: "
+        intro=f"new CTC symbols: {''.join(symbols) or '(none)'}"
+        + (f" and {len(pieces)} multi-letter BPE pieces" if turbo else "")
+        + f"; replay share of {config.old_language}: "
         f"{config.replay_share:.2f}; {stages}",
         table=table,
         payload={"symbols": symbols, "rows": [row.to_json() for row in rows]},
@@ -374,6 +495,7 @@ def run_add_language(config: AddLanguageConfig | Mapping[str, Any]) -> str:
 
 __all__ = [
     "OLD_LAYER_PARAMETERS",
+    "STAGE1_RECIPES",
     "STEPS",
     "AddLanguageConfig",
     "longest_target_tokens",
@@ -385,4 +507,5 @@ __all__ = [
     "test_sets",
     "texts_path",
     "training_sources",
+    "turboctc_stage1_overrides",
 ]

@@ -13,11 +13,19 @@ doc explains the numbers), on the 5.0 layout:
   by less than fp32 resolves, so decoding is unchanged until training moves the new rows.
 
 ``vocab_size`` grows in both configs (``validate_architecture`` wants them equal).
+
+**Letters are not enough at 12.5 Hz.** One token per letter gives a new-language sentence more
+targets than the model has output frames (speech runs at ~12-15 letters a second): most of it cannot
+be aligned (``skipped/too_many_targets``). :func:`new_language_pieces` therefore also adds the
+language's most frequent multi-letter pieces, the first merges a BPE trained on its transcripts
+learns. Added tokens are matched longest first before BPE, so a word becomes a few pieces; every
+piece is made of new symbols only, so old-language text still tokenizes exactly as before.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import logging
 from collections.abc import Iterable
 from pathlib import Path
@@ -48,6 +56,37 @@ class _Letters:
 
     def __contains__(self, item: str) -> bool:
         return item in self.letters
+
+
+def new_language_pieces(texts: Iterable[str], new_symbols: Iterable[str], count: int) -> list[str]:
+    """Up to ``count`` multi-letter pieces of the new language, in the order a BPE trained on
+    ``texts`` (its normalised transcripts) merges them, each made of ``new_symbols`` only.
+
+    Raises ValueError for a negative ``count``.
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    if count < 0:
+        raise ValueError(f"the number of new pieces must be >= 0, got {count}")
+    symbols = set(new_symbols)
+    texts = [t for t in texts if t.strip()]
+    if count == 0 or not symbols or not texts:
+        return []
+    alphabet = {c for t in texts for c in t if not c.isspace()}
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    # room for the merges that mix in old symbols (digits, Latin), which are dropped below
+    trainer = trainers.BpeTrainer(vocab_size=len(alphabet) + 4 * count, show_progress=False)
+    backend.train_from_iterator(texts, trainer)
+    merges = json.loads(backend.to_str())["model"]["merges"]
+    pieces: list[str] = []
+    for merge in merges:
+        piece = "".join(merge.split(" ") if isinstance(merge, str) else merge)
+        if set(piece) <= symbols and piece not in pieces:
+            pieces.append(piece)
+            if len(pieces) == count:
+                break
+    return pieces
 
 
 def extend_turboctc_vocab(
@@ -92,8 +131,8 @@ def extend_turboctc_vocab(
         new_weight[:old_size], new_bias[:old_size] = weight, bias
         sources = {}
         if init == "similar":
-            for k, char in enumerate(new):
-                source = _similar_token(char, tokenizer)
+            for k, char in enumerate(new):  # a piece starts like its first letter
+                source = _similar_token(char[0], tokenizer)
                 if source is not None and source < old_size:
                     new_weight[old_size + k] = weight[source]
                     new_bias[old_size + k] = bias[source] - margin
@@ -130,4 +169,4 @@ def extend_turboctc_folder(
     return save_turboctc(model, tokenizer, out_dir, loaded.processor.feature_extractor)
 
 
-__all__ = ["extend_turboctc_folder", "extend_turboctc_vocab"]
+__all__ = ["extend_turboctc_folder", "extend_turboctc_vocab", "new_language_pieces"]

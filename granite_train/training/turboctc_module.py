@@ -10,7 +10,9 @@ pipeline (waveforms + texts) becomes the model's inputs in :class:`TurboCTCColla
   optionally normalised (``model.normalize_targets``);
 * an utterance with more targets than output frames (12.5 Hz) cannot be aligned: it stays in the
   batch but out of the loss, counted as ``skipped/too_many_targets`` (the released notebook drops
-  them too), and so does a text the tokenizer cannot write without the blank.
+  them too), and so does a text the tokenizer cannot write without the blank or its unknown token
+  (``skipped/target_has_unk``: a character outside the BPE vocabulary, which ``add-language``
+  adds).
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ class TurboCTCCollator:
         self.audio = audio
         self.normalize = normalize
         self.blank = self.tokenizer.pad_token_id or 0
+        self.unk = self.tokenizer.unk_token_id
 
     def targets(self, text: str | None, num_samples: int) -> tuple[list[int] | None, str | None]:
         """The BPE target of ``text`` or None, and why not (a skip reason)."""
@@ -79,6 +82,8 @@ class TurboCTCCollator:
             return None, "target_has_blank"
         if not ids:
             return None, "empty_target"
+        if self.unk is not None and self.unk in ids:  # a character the BPE cannot write: add it
+            return None, "target_has_unk"  # (add-language's extend step), never learn <unk>
         if too_many_targets(len(ids), num_samples):
             return None, "too_many_targets"
         return ids, None

@@ -18,7 +18,8 @@ class AddLanguageStage1:
 
     Attributes:
         recipe: the stage-1 recipe continued (the encoder architecture is taken from the
-            starting encoder folder, whatever the recipe names).
+            starting encoder folder, whatever the recipe names); None = ``ctc_tiny_en`` for a 4.0
+            encoder, ``turboctc_finetune`` for a granite-speech-5.0 TurboCTC folder.
         steps: optimizer steps, >= 1.
         lr: peak LR; None = the recipe's.
         old_layers_lr_scale: LR factor of the encoder below the CTC head (< 1: it learns slower,
@@ -29,7 +30,7 @@ class AddLanguageStage1:
         overrides: any field of the recipe, e.g. ``["trainer.threads=1"]``.
     """
 
-    recipe: str = "ctc_tiny_en"
+    recipe: str | None = None
     steps: int = 1500
     lr: float | None = None
     old_layers_lr_scale: float = 1.0
@@ -77,7 +78,8 @@ class AddLanguageConfig:
 
     Attributes:
         language: ISO 639-1 tag of the new language (an espeak-ng voice must speak it).
-        encoder: the trained stage-1 encoder to extend (export folder or ``.ckpt``).
+        encoder: the trained stage-1 encoder to extend (export folder or ``.ckpt``), or a
+            granite-speech-5.0 TurboCTC folder (its BPE vocabulary grows; no stage 2).
         old_corpus: the old language's corpus: replay (train split) and forgetting (test split)
             (the YAML: ``${paths.corpus_dir}/tts_en``).
         reference: English lines for the tokenizer's tokens-per-character ratio (the YAML: the
@@ -101,6 +103,9 @@ class AddLanguageConfig:
         new_symbol_margin: ``similar``: how far below its source letter a new row starts (>= 25:
             old decoding unchanged).
         new_symbol_bias: ``zero`` (and letters without a look-alike): the bias of a zero row.
+        new_pieces: a granite-speech-5.0 TurboCTC model only: the new language's most frequent
+            multi-letter pieces added as tokens besides its letters (learnt from the training
+            split's transcripts), so that its targets fit the 12.5 Hz output frames; >= 0.
         replay_share: share of training examples from ``old_corpus``, in [0, 1) (0: no replay,
             forgetting shown).
         seed: of the TTS corpus.
@@ -124,6 +129,7 @@ class AddLanguageConfig:
     new_symbol_init: str = "similar"
     new_symbol_margin: float = 25.0
     new_symbol_bias: float = -50.0
+    new_pieces: int = 200
     replay_share: float = 0.5
     seed: int = 0
     num_workers: int | None = None
@@ -136,6 +142,8 @@ class AddLanguageConfig:
             raise ValueError(f"replay_share must be in [0, 1), got {self.replay_share}")
         if not 0.0 < self.test_fraction < 1.0:
             raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
+        if self.new_pieces < 0:
+            raise ValueError(f"new_pieces must be >= 0, got {self.new_pieces}")
         if not 0.0 < self.coverage <= 1.0:
             raise ValueError(f"coverage must be in (0, 1], got {self.coverage}")
         if self.new_symbol_init not in NEW_SYMBOL_INITS:
