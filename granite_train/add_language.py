@@ -394,8 +394,8 @@ def run_add_language(config: AddLanguageConfig | Mapping[str, Any]) -> str:
         extended = Path(run_step(out, "extend", extend)["encoder"])
     corpus = Path(run_step(out, "data", data)["corpus"])
     if turbo:  # its new pieces are learnt from the training split, which the data step makes
-        pieces = run_step(out, "extend", turboctc_extend).get("pieces", [])
-        extended = Path(_done(out / "extend")["encoder"])
+        extend_record = run_step(out, "extend", turboctc_extend)
+        extended, pieces = Path(extend_record["encoder"]), extend_record.get("pieces", [])
     sources = training_sources(config, corpus)
     tests = test_sets(config, corpus)
 

