@@ -259,6 +259,7 @@ def run_add_language(config: AddLanguageConfig | Mapping[str, Any]) -> str:
     ``config``: an :class:`AddLanguageConfig`, or its fields as a mapping (checked key by key).
     """
     from granite_train.eval.settings import EvalSettings
+    from granite_train.eval.turboctc import is_turboctc_folder
     from granite_train.workflows.before_after import (
         ScoreRow,
         Scoring,
@@ -266,8 +267,6 @@ def run_add_language(config: AddLanguageConfig | Mapping[str, Any]) -> str:
         score_before_after,
         write_results,
     )
-
-    from granite_train.eval.turboctc import is_turboctc_folder
 
     config = from_mapping(AddLanguageConfig, config)
     language = config.language
@@ -425,7 +424,9 @@ def run_add_language(config: AddLanguageConfig | Mapping[str, Any]) -> str:
     data_report = [stage1_record.get("data_check", ""), "Stage 1 skipped or repaired: "]
     data_report += stage1_record.get("skipped", [])[1:] or ["nothing."]
     label = "TurboCTC (greedy CTC)" if turbo else "encoder (greedy CTC)"
-    pairs = [(Scoring(label, "encoder", "ctc", EvalSettings(normalizer="basic")), config.encoder, encoder_after)]
+    pairs = [
+        (Scoring(label, "encoder", "ctc", EvalSettings(normalizer="basic")), config.encoder, encoder_after)
+    ]
 
     speech_after: Path | None = None
     if speech_llm:

@@ -189,8 +189,20 @@ def _tiny_models(root: Path) -> tuple[Path, Path]:
 
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
-def test_add_language_end_to_end_then_resume(tmp_path):
+def old_test_hypotheses(corpus: Path, tmp_path: Path, *models: Path) -> list[list[str]]:
+    """Each model's greedy CTC hypotheses on ``corpus``'s test split (also test_add_language_turboctc)."""
     from granite_train.eval.run import run_eval
+
+    old_test = [{"name": "old", "path": str(corpus), "split": "test", "language": "en"}]
+    out = []
+    for k, model in enumerate(models):
+        run_eval(model, old_test, tmp_path / f"eval_{k}", {"write_hypotheses": True, "progress": False})
+        rows = (tmp_path / f"eval_{k}" / "hypotheses.jsonl").read_text().splitlines()
+        out.append([json.loads(r)["hypothesis"] for r in rows])
+    return out
+
+
+def test_add_language_end_to_end_then_resume(tmp_path):
     from granite_train.models.export import load_encoder, read_ctc_vocab
 
     encoder, speech = _tiny_models(tmp_path)
@@ -222,13 +234,8 @@ def test_add_language_end_to_end_then_resume(tmp_path):
     config = json.loads((extended / "config.json").read_text())
     assert config["output_dim"] == len(vocab)
     # ... and decodes the old language exactly as the original encoder does
-    old_test = [{"name": "old", "path": str(old), "split": "test", "language": "en"}]
-    hyps = {}
-    for name, model in (("original", encoder), ("extended", extended)):
-        run_eval(model, old_test, tmp_path / f"eval_{name}", {"write_hypotheses": True, "progress": False})
-        rows = (tmp_path / f"eval_{name}" / "hypotheses.jsonl").read_text().splitlines()
-        hyps[name] = [json.loads(r)["hypothesis"] for r in rows]
-    assert hyps["original"] == hyps["extended"] and len(hyps["original"]) == 6
+    original, grown = old_test_hypotheses(old, tmp_path, encoder, extended)
+    assert original == grown and len(original) == 6
     # data: the Greek corpus with a disjoint test split
     data = json.loads((out / "data" / "done.json").read_text())
     assert data["examples"]["train"] + data["examples"]["test"] == 24 and data["examples"]["test"] > 0

@@ -13,13 +13,20 @@ from granite_train.add_language import AddLanguageConfig, run_add_language
 from granite_train.models.turboctc import turboctc_targets
 from granite_train.text.bpe_coverage import bpe_coverage, writable
 from tests.corpus import make_corpus
+from tests.test_add_language import old_test_hypotheses
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel"]  # tests.corpus's
 TINY = dict(vocab_size=30, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
             num_attention_heads=2, num_key_value_heads=2, head_dim=16)  # fmt: skip
-FAST = ["data.num_workers=0", "trainer.threads=1", "trainer.precision=32-true", "data.train.max_frames=600",
-        "data.train.shuffle_buffer=8", "data.train.num_buckets=1"]
+FAST = [
+    "data.num_workers=0",
+    "trainer.threads=1",
+    "trainer.precision=32-true",
+    "data.train.max_frames=600",
+    "data.train.shuffle_buffer=8",
+    "data.train.num_buckets=1",
+]
 
 
 @pytest.fixture(scope="module")
@@ -38,15 +45,15 @@ def test_bpe_coverage_counts_what_the_tokenizer_cannot_write(english):
     assert dict(rep.missing) == {"α": 3, "λ": 2, "ά": 1, "δ": 1, "μ": 1, "φ": 1}
     assert rep.chars == 4 + 5 + 5 and rep.oov_share == pytest.approx(9 / 14)
     assert rep.recommended == ("α", "λ", "ά", "δ", "μ", "φ")  # by count, then by code point
-    assert bpe_coverage(["Αλφα alpha", "λάμδα"], tokenizer, normalize=str.lower, coverage=0.5).recommended == ("α", "λ")
+    assert bpe_coverage(
+        ["Αλφα alpha", "λάμδα"], tokenizer, normalize=str.lower, coverage=0.5
+    ).recommended == ("α", "λ")
     assert "| λ | U+03BB | 2 |" in rep.to_markdown()
     with pytest.raises(ValueError, match="coverage must be in"):
         bpe_coverage(["x"], tokenizer, coverage=0.0)
 
 
 def test_add_language_grows_a_turboctc_model_and_scores_before_and_after(english, tmp_path):
-    from granite_train.eval.run import run_eval
-
     old = tmp_path / "old"
     make_corpus(old, "train", n=12, durations=(1.0, 2.0), seed=1)
     make_corpus(old, "test", n=4, num_shards=1, durations=(1.0, 2.0), seed=2)
@@ -89,13 +96,8 @@ def test_add_language_grows_a_turboctc_model_and_scores_before_and_after(english
         assert turboctc_targets(new_tok, text) == turboctc_targets(old_tok, text)
     assert all(new_tok.convert_tokens_to_ids(c) >= len(old_tok) for c in letters)
     # ... and decodes the old language exactly as the original model does
-    old_test = [{"name": "old", "path": str(old), "split": "test", "language": "en"}]
-    hyps = {}
-    for name, model in (("original", english), ("extended", extended)):
-        run_eval(model, old_test, tmp_path / f"eval_{name}", {"write_hypotheses": True, "progress": False})
-        rows = (tmp_path / f"eval_{name}" / "hypotheses.jsonl").read_text().splitlines()
-        hyps[name] = [json.loads(r)["hypothesis"] for r in rows]
-    assert hyps["original"] == hyps["extended"] and len(hyps["original"]) == 4
+    original, grown = old_test_hypotheses(old, tmp_path, english, extended)
+    assert original == grown and len(original) == 4
     # stage 1: both languages served, no Greek target lost to <unk>, exported in the released layout
     counters = json.loads((out / "stage1" / "summary.json").read_text())["counters"]
     assert counters["seen/new_el"] > 0 and counters["seen/replay"] > 0, counters
@@ -112,8 +114,9 @@ def test_add_language_grows_a_turboctc_model_and_scores_before_and_after(english
 
 
 def test_turboctc_targets_with_unknown_characters_are_counted_not_learnt(english):
-    from granite_train.training.turboctc_module import TurboCTCCollator
     from transformers import AutoProcessor
+
+    from granite_train.training.turboctc_module import TurboCTCCollator
 
     collator = TurboCTCCollator(AutoProcessor.from_pretrained(english))
     assert collator.targets("alpha λ", 16000) == (None, "target_has_unk")

@@ -88,9 +88,7 @@ def bpe_coverage(
         text = unicodedata.normalize("NFC", line)
         counts.update(c for c in (normalize(text) if normalize else text) if not c.isspace())
     cache: dict[str, bool] = {}
-    missing = Counter(
-        {c: n for c, n in counts.items() if not cache.setdefault(c, writable(tokenizer, c))}
-    )
+    missing = Counter({c: n for c, n in counts.items() if not cache.setdefault(c, writable(tokenizer, c))})
     ordered = sorted(missing.items(), key=lambda cn: (-cn[1], cn[0]))
     total, covered, recommended = sum(missing.values()), 0, []
     for char, n in ordered:
