@@ -8,7 +8,8 @@
 #   4. greedy eval of the exported folder with the draft decoded from its own CTC head
 #      (prompt_draft=ctc: nothing precomputed), without any draft, and the encoder alone
 #   5. hallucination on 100 one-word FSDD clips and the probes, without and with the CTC gate, and
-#      the speculative-decoding curve over thresholds (benchmarks/speculative_decoding.py)
+#      the speculative-decoding curve over thresholds (benchmarks/speculative_decoding.py), and
+#      keyword biasing with / without the list on unseen names
 # Extra arguments are Hydra overrides for the training run, e.g. trainer.max_steps=100.
 # Re-runnable: each step is skipped when its output exists; training resumes (resume=auto).
 set -euo pipefail
@@ -62,3 +63,9 @@ done
 [ -f "$OUT/speculative/speculative.json" ] || "$VENV/bin/python" benchmarks/speculative_decoding.py \
   --model "$OUT/speech_llm_hf" --data "$CORPUS" --prompt-draft ctc --dtype bf16 \
   --pairs 0.3/0.3 0.7/0.2 1.5/0.1 3.0/0.1 --out "$OUT/speculative"
+# keyword biasing, zero-shot (this recipe never trains with a list): names and acronyms said in no training transcript
+[ -d work/kw/testset_unseen ] || "$VENV/bin/python" -m data_prep.keywords testset --out work/kw/testset_unseen \
+  --num-sentences 300 --unseen-in "$CORPUS" --quiet
+[ -f "$OUT/eval_biasing_draft/results.json" ] || "$GT" eval model_path="$OUT/speech_llm_hf" output_dir="$OUT/eval_biasing_draft" \
+  keywords_in_prompt=both prompt_draft=ctc max_new_tokens=48 batch_size=32 \
+  "datasets=[{name: kw_unseen, path: work/kw/testset_unseen, split: test, language: en}]"
