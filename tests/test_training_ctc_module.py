@@ -367,19 +367,24 @@ def test_wandb_logs_offline_without_api_key(corpus, tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.setenv("WANDB_SILENT", "true")
-    cfg = load_recipe(
-        "ctc_tiny_en",
-        [
-            *_overrides(
-                corpus,
-                tmp_path,
-                "trainer.max_steps=2",
-                "trainer.val_every_n_steps=null",
-                "trainer.export_hf=false",
-            ),
-            "logger=default",
-        ],
-    )
-    train(cfg)
-    runs = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
-    assert len(runs) == 1 and runs[0].stat().st_size > 0
+    # two runs in one process (add-language's stages, a notebook): each logs into its own folder
+    for out in (tmp_path / "first", tmp_path / "second"):
+        cfg = load_recipe(
+            "ctc_tiny_en",
+            [
+                *_overrides(
+                    corpus,
+                    out,
+                    "trainer.max_steps=2",
+                    "trainer.val_every_n_steps=null",
+                    "trainer.export_hf=false",
+                ),
+                "logger=default",
+            ],
+        )
+        train(cfg)
+        runs = list((out / "wandb").glob("offline-run-*/run-*.wandb"))
+        assert len(runs) == 1 and runs[0].stat().st_size > 0, out
+    import wandb
+
+    assert wandb.run is None  # nothing left open for the next one

@@ -186,6 +186,18 @@ class TrainResult:
     counters: dict[str, float]
 
 
+def _finish_wandb(wandb_logger) -> None:
+    """End this run's wandb run. Lightning's ``WandbLogger`` reuses a run still open in the process
+    (``wandb.run``), so without this a second ``train()`` in one process (``add-language``'s stage 1
+    then stage 2, a notebook, the tests) would log into the first run's folder."""
+    if wandb_logger is None or getattr(wandb_logger, "_experiment", None) is None:
+        return
+    import wandb
+
+    if wandb.run is not None and wandb.run is wandb_logger._experiment:
+        wandb.finish()
+
+
 def _wandb_logger(cfg: WandbConfig, output_dir: Path, name: str):
     if cfg.mode == "disabled" or not cfg.enabled:
         return None
@@ -494,41 +506,47 @@ def _train(cfg: RecipeConfig, extra_callbacks: list[L.Callback]) -> TrainResult:
     ckpt_path = _resume_path(cfg.resume, ckpt_dir)
     if ckpt_path:
         log.info("resuming from %s", ckpt_path)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
 
-    if has_val and trainer.global_step % int(val_every) != 0:
-        trainer.validate(module, datamodule=datamodule, verbose=False)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-    if trainer.is_global_zero:
-        for logger in trainer.loggers:
-            logger.save()
-        versions = sorted(
-            (output_dir / "logs").glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name[8:])
-        )
-        merged = merge_metrics(versions, output_dir / "metrics.csv")
-        png = merged and plot_curves(merged, output_dir / "curves.png", title=str(cfg.name))
-        if png:
-            log.info("loss / CER curves: %s", png)
-    if tcfg.export_hf and is_sharded(trainer.strategy):
-        # the weights are spread over the ranks: every rank takes part in writing one full
-        # checkpoint, which rank 0 then exports as any checkpoint is exported
-        final = ckpt_dir / "final.ckpt"
-        trainer.save_checkpoint(final)
+        if has_val and trainer.global_step % int(val_every) != 0:
+            trainer.validate(module, datamodule=datamodule, verbose=False)
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
         if trainer.is_global_zero:
-            from granite_train.models.speech_export import speech_llm_from_checkpoint
-
-            _export(
-                cfg, module, output_dir, speech=speech_llm_from_checkpoint(final, output_dir / "processor")
+            for logger in trainer.loggers:
+                logger.save()
+            versions = sorted(
+                (output_dir / "logs").glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name[8:])
             )
-    elif trainer.is_global_zero and tcfg.export_hf:
-        _export(cfg, module, output_dir)
-    if trainer.is_global_zero:
-        _write_summary(output_dir, trainer.global_step, dict(module.counters), metrics)
-    last = ckpt_dir / "last.ckpt"
-    return TrainResult(
-        output_dir=output_dir,
-        last_checkpoint=last if last.exists() else None,
-        global_step=trainer.global_step,
-        metrics=metrics,
-        counters=dict(module.counters),
-    )
+            merged = merge_metrics(versions, output_dir / "metrics.csv")
+            png = merged and plot_curves(merged, output_dir / "curves.png", title=str(cfg.name))
+            if png:
+                log.info("loss / CER curves: %s", png)
+        if tcfg.export_hf and is_sharded(trainer.strategy):
+            # the weights are spread over the ranks: every rank takes part in writing one full
+            # checkpoint, which rank 0 then exports as any checkpoint is exported
+            final = ckpt_dir / "final.ckpt"
+            trainer.save_checkpoint(final)
+            if trainer.is_global_zero:
+                from granite_train.models.speech_export import speech_llm_from_checkpoint
+
+                _export(
+                    cfg,
+                    module,
+                    output_dir,
+                    speech=speech_llm_from_checkpoint(final, output_dir / "processor"),
+                )
+        elif trainer.is_global_zero and tcfg.export_hf:
+            _export(cfg, module, output_dir)
+        if trainer.is_global_zero:
+            _write_summary(output_dir, trainer.global_step, dict(module.counters), metrics)
+        last = ckpt_dir / "last.ckpt"
+        return TrainResult(
+            output_dir=output_dir,
+            last_checkpoint=last if last.exists() else None,
+            global_step=trainer.global_step,
+            metrics=metrics,
+            counters=dict(module.counters),
+        )
+    finally:  # a finished run: the next train() in this process must not log into it
+        _finish_wandb(wandb_logger)
