@@ -187,8 +187,6 @@ def _tiny_models(root: Path) -> tuple[Path, Path]:
     return encoder_dir, speech
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
 def old_test_hypotheses(corpus: Path, tmp_path: Path, *models: Path) -> list[list[str]]:
     """Each model's greedy CTC hypotheses on ``corpus``'s test split (also test_add_language_turboctc)."""
     from granite_train.eval.run import run_eval
@@ -202,6 +200,8 @@ def old_test_hypotheses(corpus: Path, tmp_path: Path, *models: Path) -> list[lis
     return out
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
 def test_add_language_end_to_end_then_resume(tmp_path):
     from granite_train.models.export import load_encoder, read_ctc_vocab
 

@@ -4,6 +4,7 @@ new tokens appended (old outputs unchanged), the continued training with replay,
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,7 @@ def test_bpe_coverage_counts_what_the_tokenizer_cannot_write(english):
         bpe_coverage(["x"], tokenizer, coverage=0.0)
 
 
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
 def test_add_language_grows_a_turboctc_model_and_scores_before_and_after(english, tmp_path):
     old = tmp_path / "old"
     make_corpus(old, "train", n=12, durations=(1.0, 2.0), seed=1)
