@@ -35,6 +35,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from granite_train.data.prompts import normalize_target
 from granite_train.data.sources import SourceSpec
 from granite_train.typed_config import from_mapping
 from granite_train.workflows.add_language_config import AddLanguageConfig
@@ -281,6 +282,8 @@ def run_add_language(config: AddLanguageConfig | Mapping[str, Any]) -> str:
             )
         turboctc_normalize(config)  # refused before anything runs
     stage1_recipe = config.stage1.recipe or STAGE1_RECIPES["turboctc" if turbo else "ctc"]
+    # a TurboCTC model's targets as its training will see them (model.normalize_targets)
+    turboctc_target = normalize_target if turbo and config.lowercase else None
     out = Path(config.output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
 
@@ -290,14 +293,13 @@ def run_add_language(config: AddLanguageConfig | Mapping[str, Any]) -> str:
         return AutoTokenizer.from_pretrained(config.encoder)
 
     def turboctc_report(folder: Path) -> dict[str, Any]:
-        from granite_train.data.prompts import normalize_target
         from granite_train.text.bpe_coverage import bpe_coverage
         from granite_train.text.coverage import read_lines
 
         rep = bpe_coverage(
             read_lines(sentences),
             turboctc_tokenizer(),
-            normalize=normalize_target if config.lowercase else None,
+            normalize=turboctc_target,
             coverage=config.coverage,
             sample_name=str(sentences),
         )
@@ -328,7 +330,6 @@ def run_add_language(config: AddLanguageConfig | Mapping[str, Any]) -> str:
     symbols = run_step(out, "report", turboctc_report if turbo else report)["symbols"]
 
     def turboctc_extend(folder: Path) -> dict[str, Any]:
-        from granite_train.data.prompts import normalize_target
         from granite_train.models.turboctc_new import corpus_texts
         from granite_train.models.turboctc_vocab import extend_turboctc_folder, new_language_pieces
         from granite_train.text.bpe_coverage import writable
@@ -339,7 +340,7 @@ def run_add_language(config: AddLanguageConfig | Mapping[str, Any]) -> str:
             print(f"[add-language] extend: the BPE vocabulary already writes {language}; nothing added")
             return {"encoder": str(Path(config.encoder).resolve()), "added": []}
         texts = corpus_texts(corpus, "train")  # the training split only: no test sentence shapes the tokens
-        texts = [normalize_target(t) for t in texts] if config.lowercase else texts
+        texts = [turboctc_target(t) for t in texts] if turboctc_target else texts
         pieces = new_language_pieces(texts, letters, config.new_pieces)
         new = letters + pieces
         target = extend_turboctc_folder(
