@@ -7,7 +7,6 @@ line, and Hydra's own flags work after the command (``granite-train demo --cfg j
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import re
 import sys
@@ -188,7 +187,7 @@ def train(cfg: DictConfig) -> None:
             print(f"  {key} = {result.metrics[key]:.4f}")
 
 
-DECODINGS = ("auto", "ctc", "generate", "speculative")
+DECODINGS = ("auto", "ctc", "generate", "speculative", "rescore")
 
 
 def evaluate(cfg: DictConfig) -> None:
@@ -205,17 +204,20 @@ def evaluate(cfg: DictConfig) -> None:
     model, datasets, decoding = values.pop("model_path"), values.pop("datasets"), values.pop("decoding")
     values.pop("paths", None)
     values["write_hypotheses"] = values.pop("hypotheses")
-    try:
-        settings = EvalSettings.of(values)
-    except ConfigKeyError as err:
-        print(f"granite-train eval: {err}", file=sys.stderr)
-        sys.exit(2)
     if decoding not in DECODINGS:
         print(f"granite-train eval: decoding must be one of {DECODINGS}, got {decoding!r}", file=sys.stderr)
         sys.exit(2)
-    if decoding != "speculative":
-        settings = dataclasses.replace(settings, speculative=None)
-    generate = decoding in ("generate", "speculative") or (decoding == "auto" and is_speech_llm_folder(model))
+    for option in ("speculative", "rescore"):  # the settings of the decodings not chosen
+        if decoding != option:
+            values[option] = None
+    try:
+        settings = EvalSettings.of(values)
+    except (ConfigKeyError, ValueError) as err:
+        print(f"granite-train eval: {err}", file=sys.stderr)
+        sys.exit(2)
+    generate = decoding in ("generate", "speculative", "rescore") or (
+        decoding == "auto" and is_speech_llm_folder(model)
+    )
     run = run_generate_eval if generate else run_eval
     _, table = run(model, datasets, output_dir, settings)
     print(table, end="")

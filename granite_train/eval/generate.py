@@ -59,6 +59,7 @@ from granite_train.data.prompts import (
 )
 from granite_train.data.sources import SourceSpec
 from granite_train.eval.biasing import biasing_error_rates, biasing_markdown
+from granite_train.eval.ctc_rescore import rescore_decode
 from granite_train.eval.metrics import NO_SPACE_LANGUAGES, error_rates, hallucination_summary
 from granite_train.eval.report import (
     EvalResult,
@@ -95,6 +96,7 @@ __all__ = [
 SPEECH_MODEL_TYPE = "granite_speech"
 KEYWORDS_PREFIX = "Keywords: "
 CONDITIONS = {True: "with keywords", False: "without keywords"}
+RESCORED_BEAM, RESCORED_CTC = "rescored_beam", "rescored_ctc"  # the paths of joint CTC / LLM rescoring
 
 
 class SpeechLLMLoadError(ValueError):
@@ -290,6 +292,7 @@ def _decode_pass(
     paths: Counter[str] = Counter()
     tokenizer = speech.tokenizer
     speculative = settings.speculative if (spec.task or "asr") == "asr" else None
+    rescore = settings.rescore if (spec.task or "asr") == "asr" else None
     reference_filter = None
     if settings.open_asr and (spec.task or "asr") == "asr":
         normalize = get_normalizer("whisper_english")
@@ -335,7 +338,7 @@ def _decode_pass(
         else:
             feats = batch.features.to(device, non_blocking=True)
             feat_lengths = batch.feature_lengths.to(device)
-        spec_out = None
+        spec_out = rescored = None
         prompt_ids, prompt_mask, drafts = batch.prompt_ids, batch.prompt_mask, batch.drafts
         instructions = batch.instructions
         with torch.inference_mode(), settings.autocast(device):
@@ -355,6 +358,17 @@ def _decode_pass(
                     num_beams=settings.num_beams,
                 )
                 hyps = spec_out.texts
+            elif rescore is not None and not any(t == "ast" for t in batch.tasks):
+                rescored = rescore_decode(
+                    speech,
+                    prompt_ids.to(device),
+                    prompt_mask.to(device),
+                    feats,
+                    feat_lengths,
+                    rescore,
+                    max_new_tokens=settings.max_new_tokens,
+                )
+                hyps = rescored.texts
             else:
                 out = speech.generate(
                     prompt_ids.to(device),
@@ -387,6 +401,14 @@ def _decode_pass(
             if drafts[i] is not None:
                 rows[-1]["prompt_draft"] = drafts[i]
             path = "autoregressive" if spec_out is None else spec_out.paths[i]
+            if rescored is not None:  # which candidate won: an LLM beam or the CTC transcript
+                path = RESCORED_BEAM if rescored.chosen[i].startswith("beam") else RESCORED_CTC
+                rows[-1].update(
+                    path=path,
+                    chosen=rescored.chosen[i],
+                    ctc_draft=rescored.drafts[i],
+                    candidates=rescored.candidates[i],
+                )
             paths[path] += 1
             if spec_out is not None:
                 rows[-1].update(
@@ -405,8 +427,9 @@ def _decode_pass(
     info = {
         "wall": compute_seconds,
         "stream_wall": wall,
-        "paths": {p: paths[p] for p in (*PATHS, "autoregressive") if paths[p]},
+        "paths": {p: paths[p] for p in (*PATHS, RESCORED_BEAM, RESCORED_CTC, "autoregressive") if paths[p]},
         "speculative": dataclasses.asdict(speculative) if speculative is not None else None,
+        "rescore": dataclasses.asdict(rescore) if rescore is not None else None,
         "records": sum(drawn.values()),
         "skipped": dict(sorted(skipped.items())),
         "repaired": dict(sorted(repaired.items())),
@@ -565,8 +588,13 @@ def evaluate_speech_llm(
                     settings.open_asr,
                 )
                 result.details.update(
-                    decoding=_decoding_label(settings, speculative=info["speculative"] is not None),
+                    decoding=_decoding_label(
+                        settings,
+                        speculative=info["speculative"] is not None,
+                        rescore=info["rescore"] is not None,
+                    ),
                     speculative=info["speculative"],
+                    rescore=info["rescore"],
                     protocol=settings.protocol,
                     num_beams=num_beams,
                     max_new_tokens=settings.max_new_tokens,
@@ -628,13 +656,18 @@ def _run_probes(speech, prompts, settings: EvalSettings, device, features_on_dev
     result = _finish(dataset, PROBES_NAME, rows, info, "whisper_english", False, False)
     result.details.update(
         probes=probe_report(rows),
-        decoding=_decoding_label(settings, speculative=info["speculative"] is not None),
+        decoding=_decoding_label(
+            settings, speculative=info["speculative"] is not None, rescore=info["rescore"] is not None
+        ),
     )
     return result, rows
 
 
-def _decoding_label(settings: EvalSettings, speculative: bool) -> str:
-    """``greedy`` / ``beam_search(N)``, after the thresholds when speculative decoding ran."""
+def _decoding_label(settings: EvalSettings, speculative: bool, rescore: bool = False) -> str:
+    """``greedy`` / ``beam_search(N)``, after the thresholds when speculative decoding ran, or the
+    rescoring's label when it ran."""
+    if rescore:
+        return settings.rescore.label
     decoding = "greedy" if settings.num_beams == 1 else f"beam_search({settings.num_beams})"
     return f"{settings.speculative.label} + {decoding}" if speculative else decoding
 
@@ -759,6 +792,8 @@ def run_generate_eval(
     decoding = "greedy" if settings.num_beams == 1 else f"beam search ({settings.num_beams} beams)"
     if settings.speculative is not None:
         decoding = f"{settings.speculative.label}, fallback {decoding}"
+    if settings.rescore is not None:
+        decoding = settings.rescore.label
     summary = (
         f"model: `{model}`  \ndevice: {device}, dtype: {settings.dtype}, max_frames: {settings.max_frames}, "
         f"max_new_tokens: {settings.max_new_tokens}"

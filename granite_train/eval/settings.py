@@ -20,6 +20,7 @@ from granite_train.data.collate import Collator, ExampleBatch
 from granite_train.data.pipeline import FRAME_RATE, PipelineConfig
 from granite_train.data.prepare import PrepareConfig
 from granite_train.data.sources import SourceSpec
+from granite_train.eval.ctc_rescore import RescoreSettings
 from granite_train.eval.speculative import SpeculativeSettings
 from granite_train.text.normalize import NORMALIZER_NAMES
 from granite_train.typed_config import check_keys, from_mapping
@@ -71,6 +72,9 @@ class EvalSettings:
             ``empty_normalized_reference``), words aligned with kaldialign's ``merge_compounds``.
         speculative: generation: CTC-draft speculative decoding with these thresholds
             (:class:`~granite_train.eval.speculative.SpeculativeSettings`); None = autoregressive.
+        rescore: generation: the LLM's beam n-best and the CTC transcript rescored jointly by the
+            CTC head and the LLM (:class:`~granite_train.eval.ctc_rescore.RescoreSettings`); None =
+            autoregressive. Not together with ``speculative``.
         probes: generation: also decode the built-in hallucination probes (silence, noise, one-word
             clips; :mod:`granite_train.eval.probes`) and report non-empty / over-long outputs.
         prompt_draft: generation: the first-pass transcript in the prompt (``Draft: ...``, for a
@@ -101,6 +105,7 @@ class EvalSettings:
     normalize_translations: bool = False
     protocol: str = "default"
     speculative: SpeculativeSettings | None = None
+    rescore: RescoreSettings | None = None
     probes: bool = False
     prompt_draft: str = "dataset"
 
@@ -120,6 +125,8 @@ class EvalSettings:
             )
         if self.num_beams < 1 or self.max_new_tokens < 1:
             raise ValueError("num_beams and max_new_tokens must be >= 1")
+        if self.speculative is not None and self.rescore is not None:
+            raise ValueError("speculative and rescore are two decodings: set one of them (the other None)")
 
     @classmethod
     def of(cls, settings: EvalSettings | Mapping[str, Any] | None = None, **overrides: Any) -> EvalSettings:
